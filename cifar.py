@@ -1,0 +1,75 @@
+"""NPID on CIFAR-10/100 or Fashion-MNIST: python cifar.py --dataset cifar10 --data DIR."""
+from torchvision import transforms
+
+import models
+from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset
+from lib import engine, options
+from lib.errors import UserError
+
+STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+         "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+         "fashion-mnist": ((0.2860,) * 3, (0.3530,) * 3)}
+OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fashion-mnist": FashionMNISTInstance.open}
+
+
+def get_args(argv=None):
+    p = options.parser(__doc__, dict(epochs=200, batch_size=128, weight_decay=5e-4, nce_t=0.1, workers=2,
+                                     knn_source="recompute", checkpoint_dir="checkpoints/cifar"))
+    p.add_argument("--dataset", default="cifar10", choices=list(STATS))
+    p.add_argument("--data", default="./data", help="dataset root (CIFAR: holds cifar-10-batches-py / cifar-100-python)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if it is absent")
+    p.add_argument("--arch", default="ResNet18", choices=models.CIFAR_ARCHS)
+    p.add_argument("--width", default=64, type=int, help="channels of the first stage (64 = the paper's ResNet)")
+    p.add_argument("--size", default=None, type=int, help="training crop size (default: 32 for CIFAR, 28 for Fashion-MNIST)")
+    p.add_argument("--train-subset", default=0, type=int, help="train on this many images only (a fixed random subset)")
+    p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
+    p.add_argument("-r", "--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from")
+    p.add_argument("--test-only", dest="evaluate", action="store_true", help="evaluate --resume and exit")
+    return p.parse_args(argv)
+
+
+def lr_at(epoch, args):
+    """The original's schedule: lr until epoch 80, then x0.1 every 40 epochs (drops at 120 and 160)."""
+    if args.cos:
+        return options.step_lr(epoch, args, ())
+    return args.lr if epoch < 80 else args.lr * 0.1 ** ((epoch - 80) // 40)
+
+
+def transforms_for(args):
+    mean, std = STATS[args.dataset]
+    size = args.size or (28 if args.dataset == "fashion-mnist" else 32)
+    train_tf = transforms.Compose([  # the original's list: no flip
+        transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std)])
+    test_tf = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    if size != (28 if args.dataset == "fashion-mnist" else 32):
+        test_tf.insert(0, transforms.Resize(size))
+    return train_tf, transforms.Compose(test_tf)
+
+
+def task(args):
+    train_tf, test_tf = transforms_for(args)
+    open_ = lambda train, tf: OPEN[args.dataset](args.data, train=train, transform=tf, download=args.download)
+    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=0)
+    train = sub(open_(True, train_tf), args.train_subset)
+    train_eval = sub(open_(True, test_tf), args.train_subset)
+    val = sub(open_(False, test_tf), args.test_subset)
+    return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=int(max(train_eval.targets)) + 1,
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width),
+                       lr_at=lr_at, eval_source="recompute")
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        t = task(args)
+    except UserError as e:
+        raise SystemExit(f"error: {e}")
+    return engine.run(args, t)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+import os
+
+from PIL import Image
+from torchvision import datasets
+
+from lib.errors import UserError
+
+
+class _Instance:
+    def __getitem__(self, index):
+        img, target = self.data[index], self.targets[index]
+        img = Image.fromarray(img)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target, index
+
+
+def _no_md5(cls):
+    # a CIFAR root in the standard pickle layout is accepted even if torchvision did not
+    # download it (regenerated or converted copies have other md5 sums): only existence is checked
+    return dict(train_list=[(f, None) for f, _ in cls.train_list],
+                test_list=[(f, None) for f, _ in cls.test_list],
+                meta={**cls.meta, "md5": None})
+
+
+def _open(cls, root, train, transform, download):
+    folder = os.path.join(root, cls.base_folder)
+    try:
+        return cls(root=root, train=train, transform=transform, download=download)
+    except RuntimeError:
+        raise UserError(f"{cls.__name__[:-8]} not found: expected the python pickle batches in '{folder}' "
+                        "(no network to download it here?)") from None
+    except (OSError, KeyError, ValueError, EOFError) as e:
+        raise UserError(f"{cls.__name__[:-8]}: malformed files in '{folder}' ({type(e).__name__}: {e})") from None
+    except Exception as e:  # unpickling garbage raises many types
+        raise UserError(f"{cls.__name__[:-8]}: unreadable files in '{folder}' ({type(e).__name__})") from None
+
+
+class CIFAR10Instance(_Instance, datasets.CIFAR10):
+    locals().update(_no_md5(datasets.CIFAR10))
+
+    @classmethod
+    def open(cls, root, train=True, transform=None, download=False):
+        return _open(cls, root, train, transform, download)
+
+
+class CIFAR100Instance(_Instance, datasets.CIFAR100):
+    locals().update(_no_md5(datasets.CIFAR100))
+
+    @classmethod
+    def open(cls, root, train=True, transform=None, download=False):
+        return _open(cls, root, train, transform, download)

@@ -1,0 +1,24 @@
+import torch
+
+
+class InstanceSubset(torch.utils.data.Dataset):
+    """A fixed subset whose index is the position in the subset (the bank has one row per sample)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+        self.targets = [int(dataset.targets[i]) for i in self.indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        img, target, _ = self.dataset[self.indices[i]]
+        return img, target, i
+
+    @classmethod
+    def first_per_seed(cls, dataset, n, seed=0):
+        """n samples drawn without replacement by a fixed seed (the same split every run)."""
+        if not n or n >= len(dataset):
+            return dataset
+        g = torch.Generator().manual_seed(seed)
+        return cls(dataset, torch.randperm(len(dataset), generator=g)[:n].sort().values.tolist())

@@ -1,0 +1,75 @@
+"""One process or many: torchrun's environment, or the original's --world-size/--dist-url flags."""
+import builtins
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def init_distributed_mode(args):
+    """Sets args.rank, args.world_size, args.distributed and args.device.
+
+    torchrun exports RANK / WORLD_SIZE / LOCAL_RANK; without them, the original's
+    `--world-size N --rank R --dist-url URL` starts the group by hand; else one process."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        args.rank, args.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        init = "env://"
+    elif args.world_size > 1:
+        local_rank, init = args.rank % max(1, torch.cuda.device_count()), args.dist_url
+    else:
+        args.rank, args.world_size, args.distributed = 0, 1, False
+        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return
+    args.distributed = True
+    use_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    else:
+        args.device = "cpu"
+    backend = args.dist_backend or ("nccl" if use_cuda else "gloo")
+    dist.init_process_group(backend, init_method=init, world_size=args.world_size, rank=args.rank,
+                            timeout=datetime.timedelta(minutes=30))
+    dist.barrier()
+    _print_only_on_master(args.rank == 0)
+
+
+def _print_only_on_master(is_master):
+    orig = builtins.print
+
+    def print(*a, force=False, **kw):
+        if is_master or force:
+            orig(*a, **kw)
+
+    builtins.print = print
+
+
+def all_gather_object(obj):
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()

@@ -1,0 +1,389 @@
+"""The one training engine behind main.py and cifar.py: set-up, train_one_epoch, evaluation,
+checkpoint/resume. The scripts only describe their data, model and schedule (a `Task`)."""
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import test as knn
+from . import checkpoint as ckpt
+from . import dist as du
+from .errors import UserError
+from .LinearAverage import LinearAverage
+from .NCEAverage import NCEAverage
+
+
+@dataclass
+class Task:
+    train: torch.utils.data.Dataset        # training images, train transform, returns (img, target, index)
+    train_eval: torch.utils.data.Dataset   # the same images in the same order with the test transform
+    val: torch.utils.data.Dataset          # held-out images, test transform
+    num_classes: int
+    build_model: Callable                  # (arch, low_dim) -> nn.Module
+    lr_at: Callable                        # (epoch, args) -> learning rate
+    eval_source: str = "bank"              # what -e / --test-only scores against: bank | recompute
+    gpu_augment: Callable = None           # optional batched augmentation on the device
+
+
+# --- set-up -------------------------------------------------------------------------------
+
+def git_sha():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+        sha = r.stdout.strip() if r.returncode == 0 else ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def check_args(args, n_train):
+    if args.nce_t <= 0:
+        raise UserError(f"--nce-t must be > 0 (got {args.nce_t})")
+    if not 0 <= args.nce_m < 1:
+        raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
+    if args.nce_k < 0:
+        raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
+    if args.nce_k >= n_train:
+        raise UserError(f"--nce-k {args.nce_k} must be smaller than the training set ({n_train} images); "
+                        "use --nce-k 0 for the full softmax")
+    if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1:
+        raise UserError("--low-dim, -b and --iter_size must be >= 1 and --epochs >= 0")
+    if args.batch_size % args.world_size:
+        raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
+
+
+def build_bank(args, n):
+    if args.nce_k > 0:
+        return NCEAverage(args.low_dim, n, args.nce_k, args.nce_t, args.nce_m, loss=args.nce_loss, prox=args.prox)
+    return LinearAverage(args.low_dim, n, args.nce_t, args.nce_m, prox=args.prox)
+
+
+def amp_context(args, device):
+    if args.amp == "off":
+        return None
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields (index, epoch) so that SeededDataset can draw each image's augmentation from
+    (seed, epoch, index): the same crops whatever -j, the number of ranks, or a resume."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((i, self.epoch) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        i, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 2**31 + i)
+            return self.dataset[i]
+
+
+def make_loaders(task, args):
+    W, R = args.world_size, args.rank
+    common = dict(num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
+                  persistent_workers=args.workers > 0)
+    sampler = SeededSampler(torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed))
+    train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
+                                        sampler=sampler, **common)
+    bs = max(1, args.batch_size // W)
+    train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, shuffle=False, **common)
+    val = torch.utils.data.DataLoader(task.val, batch_size=bs, shuffle=False, **common)
+    return train, train_eval, val
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+def plain_args(args):
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+
+
+def rng_state():
+    s = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        s["cuda"] = torch.cuda.get_rng_state()
+    return s
+
+
+def save(args, epoch, model, bank, optimizer, stats, rngs, best=False):
+    state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
+             "memory": {"type": type(bank).__name__, **bank.state_dict()},
+             "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats}
+    path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
+    ckpt.save_atomic(state, path)
+    if best:  # a convenience copy only: the reported figure is always the last epoch's
+        ckpt.copy_atomic(path, os.path.join(args.checkpoint_dir, "model_best.pth"))
+    return path
+
+
+def load_model_weights(model, ck, args, path):
+    if ck.get("arch") and ck["arch"] != args.arch:
+        raise UserError(f"--resume: '{path}' holds a {ck['arch']} but --arch is {args.arch}")
+    sd = ck["state_dict"]
+    own = model.state_dict()
+    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    if bad or missing or unexpected:
+        what = (f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad else
+                f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+        raise UserError(f"--resume: '{path}' does not fit --arch {args.arch} --low-dim {args.low_dim} ({what})")
+    model.load_state_dict(sd, strict=False)  # BN counters absent from the authors' files stay 0
+
+
+def bank_from_checkpoint(ck, path, n):
+    mem = ck.get("memory")
+    if not isinstance(mem, dict) or "memory" not in mem:
+        raise UserError(f"--resume: '{path}' has no memory bank")
+    if mem["memory"].shape[0] != n:
+        raise UserError(f"--resume: the bank in '{path}' has {mem['memory'].shape[0]} entries "
+                        f"but the training set has {n} images (wrong dataset?)")
+    return mem
+
+
+def resume(args, model, bank, optimizer, n):
+    """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume)."""
+    path = args.resume
+    if not path:
+        latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
+        if args.evaluate or args.no_auto_resume or not os.path.isfile(latest):
+            return 0, None
+        path = latest
+        print(f"=> auto-resuming from '{path}'")
+    ck = ckpt.load(path)
+    load_model_weights(model, ck, args, path)
+    mem = bank_from_checkpoint(ck, path, n)
+    if args.evaluate:
+        bank.memory.copy_(mem["memory"])
+        print(f"=> loaded '{path}' (epoch {ck.get('epoch', '?')}) for evaluation")
+        return ck.get("epoch", 0), ck
+    if mem.get("type") != type(bank).__name__ or mem["params"].shape != bank.params.shape:
+        raise UserError(f"--resume: '{path}' was trained with a {mem.get('type')} bank; "
+                        f"this run uses {type(bank).__name__} (check --nce-k)")
+    if mem["memory"].shape[1] != args.low_dim:
+        raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
+    bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
+    if "optimizer" in ck and not ck.get("legacy"):
+        optimizer.load_state_dict(ck["optimizer"])
+    rngs = ck.get("rng") or []
+    if len(rngs) == args.world_size:
+        torch.set_rng_state(rngs[args.rank]["cpu"])
+        if "cuda" in rngs[args.rank] and args.device.startswith("cuda"):
+            torch.cuda.set_rng_state(rngs[args.rank]["cuda"])
+    print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
+    return ck["epoch"], ck
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+class Meter:
+    def __init__(self):
+        self.val = self.sum = self.count = 0
+
+    def update(self, val, n=1):
+        self.val, self.sum, self.count = val, self.sum + val * n, self.count + n
+
+    @property
+    def avg(self):
+        return self.sum / max(1, self.count)
+
+
+def set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
+                    gpu_augment=None, writer=None):
+    model.train()
+    batch_time, data_time, losses = Meter(), Meter(), Meter()
+    optimizer.zero_grad(set_to_none=True)
+    pending = torch.zeros((), device=device)  # the loss sum since the last print, kept on device
+    n_pending, end = 0, time.time()
+    for i, (images, _, index) in enumerate(loader):
+        data_time.update(time.time() - end)
+        images = images.to(device, non_blocking=True)
+        index = index.to(device, non_blocking=True)
+        if gpu_augment is not None:
+            images = gpu_augment(images)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast() if autocast else contextlib.nullcontext():
+            feature = model(images)  # B x D, L2-normalised, float32
+        loss = bank.loss(feature.float(), index)
+        (scaler.scale(loss / args.iter_size) if scaler else loss / args.iter_size).backward()
+        bank.update(feature.detach(), index)  # after backward: the gradient saw the bank before it
+        if (i + 1) % args.iter_size == 0:
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        pending += loss.detach()
+        n_pending += 1
+        if (i + 1) % args.print_freq == 0 or i + 1 == len(loader):
+            avg = (pending / n_pending).item()  # one sync per print, not per step
+            if not math.isfinite(avg):
+                raise UserError(f"the loss became {avg} at epoch {epoch} iteration {i}; stopping. "
+                                f"The last good checkpoint in '{args.checkpoint_dir}' is untouched")
+            losses.update(avg, n_pending)
+            pending.zero_()
+            n_pending = 0
+            batch_time.update((time.time() - end))
+            print(f"Epoch: [{epoch}][{i + 1}/{len(loader)}]\t"
+                  f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                  f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                  f"Loss {losses.val:.4f} ({losses.avg:.4f})")
+            if writer:
+                writer.add_scalar("train/loss", avg, epoch * len(loader) + i)
+        else:
+            batch_time.update(time.time() - end)
+        end = time.time()
+    return {"train_loss": losses.avg}
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+def evaluate(model, bank, train_labels, loaders, task, args, device, source, autocast=None):
+    """kNN on the val set against the bank, or against train features recomputed with the test
+    transform into a separate tensor (the bank is never overwritten)."""
+    if source == "recompute":
+        feats = knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
+    else:
+        feats = bank.memory
+    return knn.knn_eval(model, feats, train_labels, loaders[2], task.num_classes, args.knn_k, args.nce_t,
+                        device, autocast)
+
+
+def fmt(res):
+    s = f"Top1: {res['knn_top1']:.2f}"
+    if "knn_top5" in res:
+        s += f"  Top5: {res['knn_top5']:.2f}"
+    return s + f"  1-NN Top1: {res['nn_top1']:.2f}"
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+def run(args, task):
+    try:
+        return _run(args, task)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")  # not print: under torchrun print is muted on ranks > 0
+        du.cleanup()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        du.cleanup()
+        sys.exit(130)
+
+
+def _run(args, task):
+    du.init_distributed_mode(args)
+    device = torch.device(args.device)
+    print(f"git: {git_sha()}")
+    print("args: " + json.dumps(plain_args(args), sort_keys=True))
+    n = len(task.train)
+    check_args(args, n)
+    torch.manual_seed(args.seed)  # identical model and bank on every rank (they are also broadcast)
+    torch.backends.cudnn.benchmark = True
+
+    model = task.build_model(args.arch, args.low_dim).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    bank = build_bank(args, n).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
+    start_epoch, _ = resume(args, model, bank, optimizer, n)
+
+    train_model = model
+    if args.distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)
+    autocast = amp_context(args, device)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    loaders = make_loaders(task, args)
+    train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
+
+    if args.evaluate:
+        res = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
+        print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
+        du.cleanup()
+        return res
+
+    writer = None
+    if du.is_main_process():
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+    best, res = -1.0, {}
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.time()
+        loaders[0].sampler.set_epoch(epoch)
+        lr = task.lr_at(epoch, args)
+        set_lr(optimizer, lr)
+        stats = train_one_epoch(train_model, bank, loaders[0], optimizer, epoch, args, device, autocast, scaler,
+                                task.gpu_augment, writer)
+        check_banks_agree(bank, epoch)
+        res = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
+        stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
+        print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
+        rngs = du.all_gather_object(rng_state())
+        if du.is_main_process():
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best=res["knn_top1"] > best)
+            best = max(best, res["knn_top1"])
+            log_epoch(args, writer, stats)
+    final = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
+    print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")
+    if du.is_main_process():
+        log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}})
+        writer.close()
+    du.cleanup()
+    return final
+
+
+def check_banks_agree(bank, epoch):
+    if not du.is_dist():
+        return
+    sums = du.all_gather_object(bank.checksum().cpu())
+    if any(not torch.equal(sums[0], s) for s in sums[1:]):
+        raise UserError(f"the memory banks of the ranks diverged at the end of epoch {epoch} "
+                        f"(checksums {[s.tolist() for s in sums]}); stopping")
+
+
+def log_epoch(args, writer, stats):
+    with open(os.path.join(args.checkpoint_dir, "log.txt"), "a") as f:
+        f.write(json.dumps(stats) + "\n")
+    for k, v in stats.items():
+        if isinstance(v, float) and k not in ("epoch",):
+            writer.add_scalar(("final/" if stats.get("final") else "epoch/") + k, v, stats["epoch"])
+    writer.flush()

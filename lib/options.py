@@ -1,0 +1,60 @@
+"""Flags shared by main.py and cifar.py, grouped by prefix; each script sets its own defaults."""
+import argparse
+
+
+def parser(description, defaults):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = defaults
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=d["epochs"], type=int, help="number of total epochs")
+    g.add_argument("--start-epoch", default=None, type=int, help="ignored: the epoch comes from the checkpoint (kept for old scripts)")
+    g.add_argument("-b", "--batch-size", default=d["batch_size"], type=int,
+                   help="global batch size: split over the processes under torchrun, so the lr needs no change")
+    g.add_argument("--lr", "--learning-rate", default=0.03, type=float, help="initial learning rate")
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=d["weight_decay"], type=float)
+    g.add_argument("--cos", action="store_true", help="cosine lr decay instead of the paper's steps")
+    g.add_argument("--iter_size", "--iter-size", dest="iter_size", default=1, type=int,
+                   help="accumulate gradients over this many batches per step")
+
+    g = p.add_argument_group("NPID")
+    g.add_argument("--low-dim", default=128, type=int, help="feature dimension")
+    g.add_argument("--nce-k", default=4096, type=int, help="negatives for NCE; 0 = full non-parametric softmax")
+    g.add_argument("--nce-t", default=d["nce_t"], type=float, help="temperature T (also the kNN sigma)")
+    g.add_argument("--nce-m", default=0.5, type=float, help="memory-bank momentum m")
+    g.add_argument("--nce-loss", default="nce", choices=["nce", "ce"],
+                   help="with --nce-k > 0: NCE (paper) or softmax cross-entropy over the K+1 scores")
+    g.add_argument("--prox", default=0.0, type=float, help="weight of the paper's proximal term (0 = off, as released)")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
+    g.add_argument("--knn-source", default=d["knn_source"], choices=["bank", "recompute"],
+                   help="what an evaluation-only run scores against: the memory bank or recomputed features")
+
+    g = p.add_argument_group("run")
+    g.add_argument("-j", "--workers", default=d["workers"], type=int, help="data loading workers per process")
+    g.add_argument("-p", "--print-freq", default=10, type=int, help="print every this many iterations")
+    g.add_argument("--checkpoint-dir", default=d["checkpoint_dir"], help="checkpoints and log.txt; a run restarted "
+                   "with the same folder continues from its latest checkpoint")
+    g.add_argument("--no-auto-resume", action="store_true", help="start afresh even if --checkpoint-dir has a checkpoint")
+    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone; the bank stays float32")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+
+    g = p.add_argument_group("distributed (torchrun sets these itself)")
+    g.add_argument("--world-size", default=1, type=int)
+    g.add_argument("--rank", default=0, type=int)
+    g.add_argument("--dist-url", default="tcp://127.0.0.1:23456")
+    g.add_argument("--dist-backend", default=None, help="nccl on GPUs, gloo on CPU by default")
+    return p
+
+
+def step_lr(epoch, args, milestones):
+    """lr * 0.1 per milestone passed, or cosine decay with --cos."""
+    import math
+    if args.cos:
+        return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, args.epochs)))
+    return args.lr * 0.1 ** sum(epoch >= m for m in milestones)

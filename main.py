@@ -1,0 +1,58 @@
+"""NPID on an ImageNet-layout folder: python main.py DATA (DATA/train, DATA/val)."""
+import os
+
+from torchvision import transforms
+
+import models
+from datasets import ImageFolderInstance
+from lib import engine, options
+from lib.errors import UserError
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def get_args(argv=None):
+    p = options.parser(__doc__, dict(epochs=200, batch_size=256, weight_decay=1e-4, nce_t=0.07, workers=4,
+                                     knn_source="bank", checkpoint_dir="checkpoints/imagenet"))
+    p.add_argument("data", metavar="DIR", help="path to dataset (with train/ and val/)")
+    p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS)
+    p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
+    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
+    return p.parse_args(argv)
+
+
+def lr_at(epoch, args):
+    return options.step_lr(epoch, args, milestones=(120, 160))
+
+
+def task(args):
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(224, scale=(0.2, 1.0)),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD)])
+    test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                  transforms.Normalize(MEAN, STD)])
+    for sub in ("train", "val"):
+        if not os.path.isdir(os.path.join(args.data, sub)):
+            raise UserError(f"'{os.path.join(args.data, sub)}' is missing: DATA must hold train/ and val/ class folders")
+    train = ImageFolderInstance.open(os.path.join(args.data, "train"), train_tf)
+    val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf)
+    return engine.Task(train=train, train_eval=ImageFolderInstance.open(os.path.join(args.data, "train"), test_tf),
+                       val=val, num_classes=len(train.classes),
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim), lr_at=lr_at)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        t = task(args)
+    except UserError as e:
+        raise SystemExit(f"error: {e}")
+    return engine.run(args, t)
+
+
+if __name__ == "__main__":
+    main()

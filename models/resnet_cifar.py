@@ -1,0 +1,49 @@
+"""CIFAR ResNets for NPID: torchvision's ResNet with a 3x3 stride-1 stem and no max-pool, then
+the usual global average pool, `linear -> low_dim` and L2 norm (as the authors' resnet_cifar).
+`width` scales every stage (64 = the paper's network); the quick start uses a narrower one."""
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .resnet import NPIDResNet
+
+
+def _cifar_resnet(block, layers, low_dim=128, width=64):
+    net = NPIDResNet(block, layers, num_classes=low_dim)
+    net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    if width != 64:  # rebuild the stages with torchvision's own block builder at the new width
+        net.bn1 = nn.BatchNorm2d(width)
+        net.inplanes = width
+        net.layer1 = net._make_layer(block, width, layers[0])
+        net.layer2 = net._make_layer(block, 2 * width, layers[1], stride=2)
+        net.layer3 = net._make_layer(block, 4 * width, layers[2], stride=2)
+        net.layer4 = net._make_layer(block, 8 * width, layers[3], stride=2)
+        net.fc = nn.Linear(8 * width * block.expansion, low_dim)
+    for m in net.modules():  # same init as torchvision applies to the modules it built
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def ResNet10(low_dim=128, width=64):
+    return _cifar_resnet(BasicBlock, [1, 1, 1, 1], low_dim, width)
+
+
+def ResNet18(low_dim=128, width=64):
+    return _cifar_resnet(BasicBlock, [2, 2, 2, 2], low_dim, width)
+
+
+def ResNet34(low_dim=128, width=64):
+    return _cifar_resnet(BasicBlock, [3, 4, 6, 3], low_dim, width)
+
+
+def ResNet50(low_dim=128, width=64):
+    return _cifar_resnet(Bottleneck, [3, 4, 6, 3], low_dim, width)
+
+
+def ResNet101(low_dim=128, width=64):
+    return _cifar_resnet(Bottleneck, [3, 4, 23, 3], low_dim, width)
+
+
+def ResNet152(low_dim=128, width=64):
+    return _cifar_resnet(Bottleneck, [3, 8, 36, 3], low_dim, width)
