@@ -4,7 +4,6 @@ from torchvision import transforms
 import models
 from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset
 from lib import engine, options
-from lib.errors import UserError
 
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -64,11 +63,7 @@ def task(args):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        t = task(args)
-    except UserError as e:
-        raise SystemExit(f"error: {e}")
-    return engine.run(args, t)
+    return engine.run(args, lambda: task(args))
 
 
 if __name__ == "__main__":

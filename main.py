@@ -47,11 +47,7 @@ def task(args):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        t = task(args)
-    except UserError as e:
-        raise SystemExit(f"error: {e}")
-    return engine.run(args, t)
+    return engine.run(args, lambda: task(args))
 
 
 if __name__ == "__main__":

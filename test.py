@@ -55,7 +55,7 @@ def _shard_loader(loader):
         return loader
     ds = torch.utils.data.Subset(loader.dataset, range(rank, len(loader.dataset), world))
     return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                                       pin_memory=loader.pin_memory)
+                                       pin_memory=loader.pin_memory, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

@@ -48,17 +48,17 @@ def git_sha():
 
 
 def check_args(args, n_train):
+    if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1:
+        raise UserError("--low-dim, -b and --iter_size must be >= 1 and --epochs >= 0")
     if args.nce_t <= 0:
         raise UserError(f"--nce-t must be > 0 (got {args.nce_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
     if args.nce_k < 0:
         raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
-    if args.nce_k >= n_train:
+    if args.nce_k >= n_train and not args.evaluate:
         raise UserError(f"--nce-k {args.nce_k} must be smaller than the training set ({n_train} images); "
                         "use --nce-k 0 for the full softmax")
-    if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1:
-        raise UserError("--low-dim, -b and --iter_size must be >= 1 and --epochs >= 0")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
 
@@ -110,14 +110,17 @@ class SeededDataset(torch.utils.data.Dataset):
 
 def make_loaders(task, args):
     W, R = args.world_size, args.rank
+    # own generators: worker seeding then never draws from the global RNG (which the negatives
+    # use), so when the loaders start does not matter and a resumed run stays bit-exact
     common = dict(num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                   persistent_workers=args.workers > 0)
+    gen = lambda: torch.Generator().manual_seed(args.seed)
     sampler = SeededSampler(torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed))
     train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
-                                        sampler=sampler, **common)
+                                        sampler=sampler, generator=gen(), **common)
     bs = max(1, args.batch_size // W)
-    train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, shuffle=False, **common)
-    val = torch.utils.data.DataLoader(task.val, batch_size=bs, shuffle=False, **common)
+    train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
+    val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
     return train, train_eval, val
 
 
@@ -294,9 +297,10 @@ def fmt(res):
 
 # --- the whole run ------------------------------------------------------------------------
 
-def run(args, task):
+def run(args, make_task):
+    """make_task() -> Task; any UserError on the way is one line on stderr and exit status 2."""
     try:
-        return _run(args, task)
+        return _run(args, make_task)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")  # not print: under torchrun print is muted on ranks > 0
         du.cleanup()
@@ -306,11 +310,12 @@ def run(args, task):
         sys.exit(130)
 
 
-def _run(args, task):
+def _run(args, make_task):
     du.init_distributed_mode(args)
     device = torch.device(args.device)
     print(f"git: {git_sha()}")
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
+    task = make_task()
     n = len(task.train)
     check_args(args, n)
     torch.manual_seed(args.seed)  # identical model and bank on every rank (they are also broadcast)

@@ -2,8 +2,13 @@
 import argparse
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(description, defaults):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = defaults
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=d["epochs"], type=int, help="number of total epochs")
