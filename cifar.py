@@ -1,9 +1,12 @@
 """NPID on CIFAR-10/100 or Fashion-MNIST: python cifar.py --dataset cifar10 --data DIR."""
+import argparse
+
 from torchvision import transforms
 
 import models
 from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset
 from lib import engine, options
+from lib.gpu_aug import GPUAugment
 
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -34,17 +37,23 @@ def lr_at(epoch, args):
     return args.lr if epoch < 80 else args.lr * 0.1 ** ((epoch - 80) // 40)
 
 
+def image_size(args):
+    return args.size or (28 if args.dataset == "fashion-mnist" else 32)
+
+
 def transforms_for(args):
     mean, std = STATS[args.dataset]
-    size = args.size or (28 if args.dataset == "fashion-mnist" else 32)
+    size = image_size(args)
     train_tf = transforms.Compose([  # the original's list: no flip
         transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
         transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
         transforms.RandomGrayscale(p=0.2),
         transforms.ToTensor(),
         transforms.Normalize(mean, std)])
+    if args.gpu_aug:  # the loader only decodes; lib/gpu_aug.py draws the same list on the device
+        train_tf = transforms.PILToTensor()
     test_tf = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    if size != (28 if args.dataset == "fashion-mnist" else 32):
+    if size != image_size(argparse.Namespace(size=None, dataset=args.dataset)):
         test_tf.insert(0, transforms.Resize(size))
     return train_tf, transforms.Compose(test_tf)
 
@@ -56,9 +65,11 @@ def task(args):
     train = sub(open_(True, train_tf), args.train_subset)
     train_eval = sub(open_(True, test_tf), args.train_subset)
     val = sub(open_(False, test_tf), args.test_subset)
+    mean, std = STATS[args.dataset]
+    gpu_augment = GPUAugment(image_size(args), mean, std, order="jg") if args.gpu_aug else None
     return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=int(max(train_eval.targets)) + 1,
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width),
-                       lr_at=lr_at, eval_source="recompute")
+                       lr_at=lr_at, mean=mean, std=std, gpu_augment=gpu_augment)
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ from torchvision import transforms
 import models
 from datasets import ImageFolderInstance
 from lib import engine, options
+from lib.gpu_aug import GPUAugment
 from lib.errors import UserError
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -33,6 +34,8 @@ def task(args):
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(MEAN, STD)])
+    if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                   transforms.Normalize(MEAN, STD)])
     for sub in ("train", "val"):
@@ -42,7 +45,8 @@ def task(args):
     val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf)
     return engine.Task(train=train, train_eval=ImageFolderInstance.open(os.path.join(args.data, "train"), test_tf),
                        val=val, num_classes=len(train.classes),
-                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim), lr_at=lr_at)
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim), lr_at=lr_at, mean=MEAN, std=STD,
+                       gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)
 
 
 def main(argv=None):

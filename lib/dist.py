@@ -46,8 +46,18 @@ def init_distributed_mode(args):
     else:
         args.device = "cpu"
     backend = args.dist_backend or ("nccl" if use_cuda else "gloo")
-    dist.init_process_group(backend, init_method=init, world_size=args.world_size, rank=args.rank,
-                            timeout=datetime.timedelta(minutes=30))
+    timeout = datetime.timedelta(minutes=30)
+    if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        # torchrun: after a restart, the rendezvous keys of the dead round are still in torchrun's
+        # store and send the new workers to dead peers (pytorch/pytorch#167288); a key space of
+        # their own per round avoids that
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), args.world_size,
+                              is_master=not agent and args.rank == 0, timeout=timeout)
+        store = dist.PrefixStore(f"npid/round{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+        dist.init_process_group(backend, store=store, world_size=args.world_size, rank=args.rank, timeout=timeout)
+    else:
+        dist.init_process_group(backend, init_method=init, world_size=args.world_size, rank=args.rank, timeout=timeout)
     dist.barrier()
     _print_only_on_master(args.rank == 0)
 

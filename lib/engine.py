@@ -12,10 +12,12 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torchvision
 
 import test as knn
 from . import checkpoint as ckpt
 from . import dist as du
+from . import report
 from .errors import UserError
 from .LinearAverage import LinearAverage
 from .NCEAverage import NCEAverage
@@ -29,7 +31,8 @@ class Task:
     num_classes: int
     build_model: Callable                  # (arch, low_dim) -> nn.Module
     lr_at: Callable                        # (epoch, args) -> learning rate
-    eval_source: str = "bank"              # what -e / --test-only scores against: bank | recompute
+    mean: tuple = (0.485, 0.456, 0.406)    # the Normalize of the test transform (for pictures and raw pixels)
+    std: tuple = (0.229, 0.224, 0.225)
     gpu_augment: Callable = None           # optional batched augmentation on the device
 
 
@@ -255,6 +258,9 @@ def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocas
         pending += loss.detach()
         n_pending += 1
         if (i + 1) % args.print_freq == 0 or i + 1 == len(loader):
+            if du.is_dist():  # every rank sees the same value, so all of them stop together
+                torch.distributed.all_reduce(pending)
+                pending /= du.get_world_size()
             avg = (pending / n_pending).item()  # one sync per print, not per step
             if not math.isfinite(avg):
                 raise UserError(f"the loss became {avg} at epoch {epoch} iteration {i}; stopping. "
@@ -284,8 +290,9 @@ def evaluate(model, bank, train_labels, loaders, task, args, device, source, aut
         feats = knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
     else:
         feats = bank.memory
-    return knn.knn_eval(model, feats, train_labels, loaders[2], task.num_classes, args.knn_k, args.nce_t,
-                        device, autocast)
+    res = knn.knn_eval(model, feats, train_labels, loaders[2], task.num_classes, args.knn_k, args.nce_t,
+                       device, autocast)
+    return res, feats
 
 
 def fmt(res):
@@ -340,7 +347,7 @@ def _run(args, make_task):
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
 
     if args.evaluate:
-        res = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
+        res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
         du.cleanup()
         return res
@@ -350,6 +357,13 @@ def _run(args, make_task):
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+    baselines = {}
+    if args.baselines and start_epoch == 0:  # the same network before any step, and raw pixels
+        baselines["random_init"] = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute",
+                                            autocast)[0]["knn_top1"]
+        baselines["raw_pixels"] = report.raw_pixel_knn(loaders[1], loaders[2], train_labels, task.num_classes,
+                                                       task.mean, task.std, args.knn_k, args.nce_t)
+        print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
     best, res = -1.0, {}
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
@@ -359,7 +373,7 @@ def _run(args, make_task):
         stats = train_one_epoch(train_model, bank, loaders[0], optimizer, epoch, args, device, autocast, scaler,
                                 task.gpu_augment, writer)
         check_banks_agree(bank, epoch)
-        res = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
+        res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
         stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
         print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
         rngs = du.all_gather_object(rng_state())
@@ -367,11 +381,21 @@ def _run(args, make_task):
             save(args, epoch + 1, model, bank, optimizer, stats, rngs, best=res["knn_top1"] > best)
             best = max(best, res["knn_top1"])
             log_epoch(args, writer, stats)
-    final = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
+    final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
     print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")
     if du.is_main_process():
-        log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}})
+        log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()},
+                                 **baselines})
+        if args.retrievals:
+            grid = report.retrieval_grid(model, feats, task.train_eval, task.val, task.mean, task.std, device,
+                                         args.retrievals, autocast=autocast)
+            torchvision.utils.save_image(grid, os.path.join(args.checkpoint_dir, "retrievals.png"))
+            writer.add_image("retrievals", grid, args.epochs)
+            print(f" * retrievals: {os.path.join(args.checkpoint_dir, 'retrievals.png')}")
         writer.close()
+    if baselines:
+        print(f"summary: learned={final['knn_top1']:.1f} random_init={baselines['random_init']:.1f} "
+              f"raw_pixels={baselines['raw_pixels']:.1f}")
     du.cleanup()
     return final
 

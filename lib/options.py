@@ -35,6 +35,9 @@ def parser(description, defaults):
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
     g.add_argument("--knn-source", default=d["knn_source"], choices=["bank", "recompute"],
                    help="what an evaluation-only run scores against: the memory bank or recomputed features")
+    g.add_argument("--baselines", action="store_true",
+                   help="also report the kNN of the untrained network and of raw pixels on the same split")
+    g.add_argument("--retrievals", default=8, type=int, help="test images in the retrieval picture (0 = none)")
 
     g = p.add_argument_group("run")
     g.add_argument("-j", "--workers", default=d["workers"], type=int, help="data loading workers per process")
@@ -48,6 +51,8 @@ def parser(description, defaults):
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone; the bank stays float32")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    g.add_argument("--gpu-aug", action="store_true", help="augment whole batches on --device (lib/gpu_aug.py) "
+                   "instead of per image with PIL in the loader workers; same distributions")
 
     g = p.add_argument_group("distributed (torchrun sets these itself)")
     g.add_argument("--world-size", default=1, type=int)

@@ -1,0 +1,44 @@
+"""What a person looks at after a run: baselines on the same split, and retrieval pictures."""
+import torch
+import torch.nn.functional as F
+
+import test as knn
+
+
+def _denorm(x, mean, std):
+    return x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+
+
+@torch.no_grad()
+def raw_pixel_knn(train_loader, val_loader, train_labels, num_classes, mean, std, k=200, sigma=0.1):
+    """Cosine kNN on the [0, 1] pixels themselves: the floor a learned feature should clear."""
+    def pixels(loader):
+        return torch.cat([F.normalize(_denorm(x, mean, std).flatten(1), dim=1) for x, _, _ in loader])
+    bank, labels = pixels(train_loader), torch.as_tensor(train_labels).cpu()
+    top1 = total = 0
+    q = pixels(val_loader)
+    targets = torch.cat([t for _, t, _ in val_loader])
+    for a in range(0, len(q), 512):
+        pred = knn.rank_by_score(knn.knn_predict(q[a:a + 512], bank, labels, num_classes, k, sigma))[:, 0]
+        top1 += pred.eq(targets[a:a + 512]).sum().item()
+        total += len(pred[:512])
+    return 100.0 * top1 / total
+
+
+@torch.no_grad()
+def retrieval_grid(model, train_feats, train_set, val_set, mean, std, device, n_queries=8, k=10, autocast=None):
+    """A picture: each row a test image, then its k nearest training images (by cosine similarity)."""
+    import torchvision
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    qi = torch.randperm(len(val_set), generator=g)[:n_queries].tolist()
+    queries = torch.stack([val_set[i][0] for i in qi])
+    with autocast() if autocast else torch.no_grad():
+        f = model(queries.to(device)).float()
+    _, nn = knn.topk_neighbors(f, train_feats, k)
+    rows = []
+    for r, i in enumerate(qi):
+        rows.append(queries[r])
+        rows.extend(train_set[j][0] for j in nn[r].tolist())
+    imgs = _denorm(torch.stack(rows), mean, std).clamp(0, 1)
+    return torchvision.utils.make_grid(imgs, nrow=k + 1, padding=2, pad_value=1.0)
