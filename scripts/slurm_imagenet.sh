@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# SLURM: ImageNet ResNet50 on NODES x 8 GPUs with torchrun's c10d rendezvous. If a worker dies,
+# torchrun restarts the group (--max-restarts) and every rank resumes from the latest checkpoint
+# in --checkpoint-dir (auto-resume), losing at most the current epoch.
+#   sbatch --nodes=4 scripts/slurm_imagenet.sh /path/to/imagenet
+#SBATCH --job-name=npid
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=72:00:00
+set -euo pipefail
+DATA=${1:?usage: sbatch scripts/slurm_imagenet.sh DATA [extra flags]}; shift
+HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+srun torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 8 --max-restarts 3 \
+  --rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint "$HEAD:29500" \
+  main.py "$DATA" --arch resnet50 --nce-k 4096 --nce-t 0.07 -b 256 --lr 0.03 --epochs 200 -j 8 \
+  --checkpoint-dir checkpoints/imagenet_resnet50_slurm "$@"
