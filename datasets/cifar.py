@@ -25,8 +25,14 @@ def _no_md5(cls):
 
 def _open(cls, root, train, transform, download):
     folder = os.path.join(root, cls.base_folder)
+    if download and not os.path.isdir(folder):
+        try:
+            cls(root=root, train=train, download=True)
+        except Exception as e:
+            raise UserError(f"{cls.__name__[:-8]} not found in '{folder}' and the download failed "
+                            f"({type(e).__name__}); put the python pickle batches there") from None
     try:
-        return cls(root=root, train=train, transform=transform, download=download)
+        return cls(root=root, train=train, transform=transform, download=False)
     except RuntimeError:
         raise UserError(f"{cls.__name__[:-8]} not found: expected the python pickle batches in '{folder}' "
                         "(no network to download it here?)") from None

@@ -25,7 +25,8 @@ class NCEAverage(MemoryBank):
 
     def sample(self, y):
         """Uniform negatives with replacement, B x (K+1), column 0 replaced by the positive y."""
-        idx = torch.randint(self.nLem, (y.shape[0], self.K + 1), device=self.memory.device)
+        # int32 halves the B x (K+1) block (134 MB at K=65536, B=256); N < 2^31 always holds
+        idx = torch.randint(self.nLem, (y.shape[0], self.K + 1), device=self.memory.device, dtype=torch.int32)
         idx[:, 0] = y
         return idx
 
@@ -52,11 +53,14 @@ class NCEAverage(MemoryBank):
     def loss(self, x, y, idx=None):
         """NCECriterion(N)(self(x, y, idx), y), computed without the intermediate blocks
         (or the cross-entropy over the K+1 scores with `loss='ce'`), plus the optional proximal term."""
-        s = self.scores(x, y, idx)
+        idx = self.sample(y) if idx is None else idx
         if self.loss_type == "ce":
-            out = torch.nn.functional.cross_entropy(s / self.T, torch.zeros_like(y))
+            out = torch.nn.functional.cross_entropy(self.scores(x, y, idx) / self.T, torch.zeros_like(y))
         else:
-            out = ops.nce_loss(s, self.T, self.Z, self.K, self.nLem, NCECriterion.eps)
+            if self.Z < 0:
+                with torch.no_grad():
+                    self.scores(x, y, idx)  # the first batch sets Z
+            out = ops.nce_loss(x, self.memory, idx, self.T, self.Z, self.K, self.nLem, NCECriterion.eps)
         return out + self.proximal(x, y)
 
     def proximal(self, x, y):

@@ -7,8 +7,10 @@ and the peak memory beyond the bank (RSS rise on CPU, allocator peak on CUDA). U
     python scripts/bench_knn.py --queries 2000          # a quicker look
 """
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -20,24 +22,17 @@ import torch.nn.functional as F  # noqa: E402
 import test as knn  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--queries", default=10_000, type=int)
-    p.add_argument("--bank", default=1_281_167, type=int)
-    p.add_argument("--dim", default=128, type=int)
-    p.add_argument("--k", default=200, type=int)
-    p.add_argument("--query-chunk", default=1024, type=int, help="queries per call (a loader batch)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = p.parse_args()
+def measure(a, which):
+    """In a fresh process: seconds and peak memory beyond the bank of one of the two computations."""
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    bank = F.normalize(torch.randn(a.bank, a.dim, device=dev), dim=1)
+    bank = torch.randn(a.bank, a.dim, device=dev)
+    bank.div_(bank.norm(dim=1, keepdim=True))  # in place: the peak so far is the bank itself
     labels = torch.randint(1000, (a.bank,), device=dev)
-    q = F.normalize(torch.randn(a.queries, a.dim, device=dev), dim=1)
+    q = torch.randn(a.queries, a.dim, device=dev)
+    q.div_(q.norm(dim=1, keepdim=True))
     step = knn.BANK_CHUNK_BYTES // (4 * a.query_chunk)
-    print(f"device: {a.device}  threads {torch.get_num_threads()}  queries {a.queries}  bank {a.bank} x {a.dim}  "
-          f"k {a.k}  query chunk {a.query_chunk}  bank chunk {step}")
 
     def bare():
         for s in range(0, a.queries, a.query_chunk):
@@ -48,24 +43,48 @@ def main():
         for s in range(0, a.queries, a.query_chunk):
             knn.knn_predict(q[s:s + a.query_chunk], bank, labels, 1000, a.k, 0.07)
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sync()
+    t = time.perf_counter()
+    (ours if which == "ours" else bare)()
+    sync()
+    dt = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() - base if dev.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
+    return {"time": dt, "peak": peak, "bank_chunk": step}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--queries", default=10_000, type=int)
+    p.add_argument("--bank", default=1_281_167, type=int)
+    p.add_argument("--dim", default=128, type=int)
+    p.add_argument("--k", default=200, type=int)
+    p.add_argument("--query-chunk", default=1024, type=int, help="queries per call (a loader batch)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--child", choices=["ours", "bare"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(measure(a, a.child)))
+        return
+    argv = [a for a in sys.argv[1:]]
     res = {}
-    for name, fn in (("kNN (ours)", ours), ("bare matmul", bare)):
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        dt = time.perf_counter() - t
-        peak = (torch.cuda.max_memory_allocated() - base if dev.type == "cuda"
-                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
-        res[name] = dt
-        flops = 2 * a.queries * a.bank * a.dim
+    for which in ("ours", "bare"):
+        r = subprocess.run([sys.executable, __file__, *argv, "--child", which], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr[-2000:])
+        res[which] = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"device: {a.device}  threads {torch.get_num_threads()}  queries {a.queries}  bank {a.bank} x {a.dim}  "
+          f"k {a.k}  query chunk {a.query_chunk}  bank chunk {res['ours']['bank_chunk']}")
+    flops = 2 * a.queries * a.bank * a.dim
+    for which, name in (("ours", "kNN (ours)"), ("bare", "bare matmul")):
+        dt, peak = res[which]["time"], res[which]["peak"]
         print(f"{name:12s} {dt:8.2f} s  {a.queries / dt:9.0f} queries/s  {flops / dt / 1e9:7.1f} GFLOP/s  "
               f"peak beyond bank {peak / 2**20:7.0f} MB")
-    print(f"ratio kNN / bare matmul: {res['kNN (ours)'] / res['bare matmul']:.2f}x")
+    print(f"ratio kNN / bare matmul: {res['ours']['time'] / res['bare']['time']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -175,13 +175,14 @@ def test_dense_and_gather_paths_agree(monkeypatch):
     assert torch.allclose(res[0][1], res[1][1]) and torch.allclose(res[0][1], torch.einsum("bk,bkd->bd", w, V[idx]))
 
 
-def test_nce_loss_chunking_is_exact(monkeypatch):
-    bank = NCEAverage(8, 100, 50, 0.1).double()
+@pytest.mark.parametrize("N", [100, 5000])  # dense and gathered scoring
+def test_nce_loss_chunking_is_exact(monkeypatch, N):
+    bank = NCEAverage(8, N, 50, 0.1).double()
     x, y = feats(12, 8).requires_grad_(), torch.arange(12)
     idx = bank.sample(y)
     a = bank.loss(x, y, idx)
     ga, = torch.autograd.grad(a, x)
-    monkeypatch.setattr(ops, "CHUNK_BYTES", 51 * 4 * 5)  # 5 rows a chunk
+    monkeypatch.setattr(ops, "CHUNK_BYTES", 51 * 8 * 5)  # 5 rows a chunk
     b = bank.loss(x, y, idx)
     gb, = torch.autograd.grad(b, x)
     assert a.item() == pytest.approx(b.item(), rel=1e-12) and torch.allclose(ga, gb)
@@ -192,6 +193,7 @@ def test_full_softmax_closed_form(monkeypatch, chunk):
     """--nce-k 0: logits = f V^T / T (B x N), cross-entropy with target y; also bank-chunked."""
     if chunk:
         monkeypatch.setattr(ops, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(ops, "DENSE_BYTES", chunk)
     N, D, T = 60, 8, 0.1
     bank = LinearAverage(D, N, T).double()
     x, y = feats(8, D).requires_grad_(), torch.randint(N, (8,))
