@@ -140,13 +140,14 @@ def rng_state():
     return s
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best=False):
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False):
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
-             "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats}
+             "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
+             "best_knn": best_knn}
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     ckpt.save_atomic(state, path)
-    if best:  # a convenience copy only: the reported figure is always the last epoch's
+    if is_best:  # a convenience copy only: the reported figure is always the last epoch's
         ckpt.copy_atomic(path, os.path.join(args.checkpoint_dir, "model_best.pth"))
     return path
 
@@ -334,7 +335,10 @@ def _run(args, make_task):
     bank = build_bank(args, n).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
-    start_epoch, _ = resume(args, model, bank, optimizer, n)
+    start_epoch, ck = resume(args, model, bank, optimizer, n)
+    best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
 
     train_model = model
     if args.distributed:
@@ -364,7 +368,6 @@ def _run(args, make_task):
         baselines["raw_pixels"] = report.raw_pixel_knn(loaders[1], loaders[2], train_labels, task.num_classes,
                                                        task.mean, task.std, args.knn_k, args.nce_t)
         print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
-    best, res = -1.0, {}
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         loaders[0].sampler.set_epoch(epoch)
@@ -378,8 +381,9 @@ def _run(args, make_task):
         print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
         rngs = du.all_gather_object(rng_state())
         if du.is_main_process():
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best=res["knn_top1"] > best)
+            is_best = res["knn_top1"] > best
             best = max(best, res["knn_top1"])
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best)
             log_epoch(args, writer, stats)
     final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
     print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")

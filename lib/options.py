@@ -12,7 +12,8 @@ def parser(description, defaults):
     d = defaults
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=d["epochs"], type=int, help="number of total epochs")
-    g.add_argument("--start-epoch", default=None, type=int, help="ignored: the epoch comes from the checkpoint (kept for old scripts)")
+    g.add_argument("--start-epoch", default=None, type=int,
+                   help="manual epoch number to start from (default: 0, or the resumed checkpoint's)")
     g.add_argument("-b", "--batch-size", default=d["batch_size"], type=int,
                    help="global batch size: split over the processes under torchrun, so the lr needs no change")
     g.add_argument("--lr", "--learning-rate", default=0.03, type=float, help="initial learning rate")

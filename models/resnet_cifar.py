@@ -1,6 +1,8 @@
 """CIFAR ResNets for NPID: torchvision's ResNet with a 3x3 stride-1 stem and no max-pool, then
 the usual global average pool, `linear -> low_dim` and L2 norm (as the authors' resnet_cifar).
 `width` scales every stage (64 = the paper's network); the quick start uses a narrower one."""
+from functools import partial
+
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -25,25 +27,10 @@ def _cifar_resnet(block, layers, low_dim=128, width=64):
     return net
 
 
-def ResNet10(low_dim=128, width=64):
-    return _cifar_resnet(BasicBlock, [1, 1, 1, 1], low_dim, width)
-
-
-def ResNet18(low_dim=128, width=64):
-    return _cifar_resnet(BasicBlock, [2, 2, 2, 2], low_dim, width)
-
-
-def ResNet34(low_dim=128, width=64):
-    return _cifar_resnet(BasicBlock, [3, 4, 6, 3], low_dim, width)
-
-
-def ResNet50(low_dim=128, width=64):
-    return _cifar_resnet(Bottleneck, [3, 4, 6, 3], low_dim, width)
-
-
-def ResNet101(low_dim=128, width=64):
-    return _cifar_resnet(Bottleneck, [3, 4, 23, 3], low_dim, width)
-
-
-def ResNet152(low_dim=128, width=64):
-    return _cifar_resnet(Bottleneck, [3, 8, 36, 3], low_dim, width)
+# each f(low_dim=128, width=64)
+ResNet10 = partial(_cifar_resnet, BasicBlock, [1, 1, 1, 1])
+ResNet18 = partial(_cifar_resnet, BasicBlock, [2, 2, 2, 2])
+ResNet34 = partial(_cifar_resnet, BasicBlock, [3, 4, 6, 3])
+ResNet50 = partial(_cifar_resnet, Bottleneck, [3, 4, 6, 3])
+ResNet101 = partial(_cifar_resnet, Bottleneck, [3, 4, 23, 3])
+ResNet152 = partial(_cifar_resnet, Bottleneck, [3, 8, 36, 3])

@@ -25,17 +25,19 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pth"]
 
 
-def test_legacy_file_loads_through_restricted_unpickler(tmp_path):
+@pytest.mark.parametrize("kind", ["NCEAverage", "LinearAverage"])
+def test_legacy_file_loads_through_restricted_unpickler(tmp_path, kind):
     net = models.resnet18(low_dim=16)
-    mem, params = torch.rand(30, 16), torch.tensor([8.0, 0.07, 123.4, 0.5])
-    write_legacy_checkpoint(str(tmp_path / "lemniscate_resnet18.pth"), net, mem, params)
+    mem = torch.rand(30, 16)
+    params = torch.tensor([8.0, 0.07, 123.4, 0.5]) if kind == "NCEAverage" else torch.tensor([0.07, 0.5])
+    write_legacy_checkpoint(str(tmp_path / "lemniscate_resnet18.pth"), net, mem, params, kind=kind)
     with pytest.raises(Exception):  # really a pickle of foreign classes: the plain safe loader refuses it
         torch.load(str(tmp_path / "lemniscate_resnet18.pth"), weights_only=True)
     ck = ckpt.load(str(tmp_path / "lemniscate_resnet18.pth"))
     assert ck["legacy"] and ck["arch"] == "resnet18" and ck["epoch"] == 200
     assert set(ck["state_dict"]) == {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
     assert torch.equal(ck["memory"]["memory"], mem) and torch.equal(ck["memory"]["params"], params)
-    assert ck["memory"]["type"] == "NCEAverage"
+    assert ck["memory"]["type"] == kind
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -71,3 +71,15 @@ def test_subset_reindexes(cifar_dir):
     sub = InstanceSubset.first_per_seed(ds, 50, seed=0)
     assert len(sub) == 50 and sub[10][2] == 10 and sub.targets[10] == ds.targets[sub.indices[10]]
     assert sub.indices == InstanceSubset.first_per_seed(ds, 50, seed=0).indices  # the same split every run
+
+
+def test_cifar_download_failure_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+    from torchvision import datasets as tvd
+
+    def offline(self):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(tvd.CIFAR10, "download", offline)
+    with pytest.raises(UserError, match="download failed"):
+        CIFAR10Instance.open(str(tmp_path), download=True)

@@ -60,6 +60,18 @@ def test_main_py_train_and_evaluate(imagenet_dir, tmp_path):
     assert "Top1:" in r2.stdout and "bank" in r2.stdout
 
 
+def test_speed_paths_train(cifar_dir, imagenet_dir, tmp_path):
+    """--amp bf16, channels-last and the batched augmentation run end to end on CPU."""
+    r = run_script("cifar.py", "--data", cifar_dir, "--epochs", "1", "-b", "50", "--nce-k", "16", *TINY,
+                   "--amp", "bf16", "--channels-last", "--gpu-aug", "--checkpoint-dir", tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    ck = torch.load(tmp_path / "c" / "checkpoint.pth", weights_only=True)
+    assert ck["memory"]["memory"].dtype == torch.float32 and torch.isfinite(ck["memory"]["memory"]).all()
+    r = run_script("main.py", imagenet_dir, "--arch", "resnet18", "-b", "12", "-j", "0", "--epochs", "1",
+                   "--nce-k", "8", "--gpu-aug", "--amp", "bf16", "--checkpoint-dir", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_resume_is_bit_exact(cifar_dir, tmp_path, workers):
     common = ["--data", cifar_dir, "-b", "40", "--nce-k", "16", *TINY, "-j", workers]
