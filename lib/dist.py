@@ -80,6 +80,9 @@ def all_gather_object(obj):
     return out
 
 
-def cleanup():
+def cleanup(barrier=False):
+    """barrier=True on a normal exit: every rank is done before any tears the group down."""
     if is_dist():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -353,7 +353,7 @@ def _run(args, make_task):
     if args.evaluate:
         res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
-        du.cleanup()
+        du.cleanup(barrier=True)
         return res
 
     writer = None
@@ -400,7 +400,7 @@ def _run(args, make_task):
     if baselines:
         print(f"summary: learned={final['knn_top1']:.1f} random_init={baselines['random_init']:.1f} "
               f"raw_pixels={baselines['raw_pixels']:.1f}")
-    du.cleanup()
+    du.cleanup(barrier=True)
     return final
 
 

@@ -46,6 +46,7 @@ def _bank_worker(rank, world, init, out, K, B, D, N):
         bank.scores(x[share], y[share], idx[share])
         bank.update(x[share] * (1 + step), y[share])
     torch.save({"memory": bank.memory, "Z": bank.Z, "sum": bank.checksum()}, os.path.join(out, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks done before either tears gloo down
     dist.destroy_process_group()
 
 
@@ -154,6 +155,7 @@ def _diverge_worker(rank, world, init, out):
         result = str(e)
     with open(os.path.join(out, f"r{rank}.txt"), "w") as f:
         f.write(result)
+    dist.barrier()  # both ranks done before either tears gloo down
     dist.destroy_process_group()
 
 
