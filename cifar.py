@@ -17,10 +17,11 @@ OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fas
 def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=128, weight_decay=5e-4, nce_t=0.1, workers=2,
                                      knn_source="recompute", checkpoint_dir="checkpoints/cifar"))
-    p.add_argument("--dataset", default="cifar10", choices=list(STATS))
+    p.add_argument("--dataset", default="cifar10", choices=list(STATS), help="which dataset")
     p.add_argument("--data", default="./data", help="dataset root (CIFAR: holds cifar-10-batches-py / cifar-100-python)")
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if it is absent")
-    p.add_argument("--arch", default="ResNet18", choices=models.CIFAR_ARCHS)
+    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction,
+                   help="let torchvision download the dataset if it is absent (as the original did)")
+    p.add_argument("--arch", default="ResNet18", choices=models.CIFAR_ARCHS, help="CIFAR ResNet")
     p.add_argument("--width", default=64, type=int, help="channels of the first stage (64 = the paper's ResNet)")
     p.add_argument("--size", default=None, type=int, help="training crop size (default: 32 for CIFAR, 28 for Fashion-MNIST)")
     p.add_argument("--train-subset", default=0, type=int, help="train on this many images only (a fixed random subset)")

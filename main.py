@@ -16,7 +16,7 @@ def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=256, weight_decay=1e-4, nce_t=0.07, workers=4,
                                      knn_source="bank", checkpoint_dir="checkpoints/imagenet"))
     p.add_argument("data", metavar="DIR", help="path to dataset (with train/ and val/)")
-    p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS)
+    p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS, help="ImageNet ResNet")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
     return p.parse_args(argv)

@@ -97,7 +97,7 @@ def test_defaults_match_the_published_recipes():
     assert [main.lr_at(e, a) for e in (0, 119, 120, 159, 160, 199)] == pytest.approx([.03, .03, .003, .003, .0003, .0003])
     c = cifar.get_args([])
     assert (c.arch, c.lr, c.batch_size, c.weight_decay, c.momentum, c.epochs) == ("ResNet18", 0.03, 128, 5e-4, 0.9, 200)
-    assert (c.nce_k, c.nce_t, c.nce_m, c.low_dim, c.dataset) == (4096, 0.1, 0.5, 128, "cifar10")
+    assert (c.nce_k, c.nce_t, c.nce_m, c.low_dim, c.dataset, c.download) == (4096, 0.1, 0.5, 128, "cifar10", True)
     assert [cifar.lr_at(e, c) for e in (0, 79, 80, 119, 120, 159, 160, 199)] == pytest.approx(
         [.03, .03, .03, .03, .003, .003, .0003, .0003])
 
@@ -152,8 +152,8 @@ BAD = [
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only"], "holds a ResNet10 but --arch is ResNet18"),
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only", "--arch", "ResNet10"], "does not fit --arch ResNet10"),
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--arch", "ResNet10", "--width", "8", "--nce-k", "0"], "trained with a NCEAverage bank"),
-    ("cifar.py", ["--data", "{tmp}/nocifar"], "CIFAR10 not found"),
-    ("cifar.py", ["--data", "{tmp}/nocifar", "--dataset", "cifar100"], "CIFAR100 not found"),
+    ("cifar.py", ["--data", "{tmp}/nocifar", "--no-download"], "CIFAR10 not found"),
+    ("cifar.py", ["--data", "{tmp}/nocifar", "--dataset", "cifar100", "--no-download"], "CIFAR100 not found"),
     ("cifar.py", ["--data", "{cifar}", "--nce-k", "200"], "must be smaller than the training set (200 images)"),
     ("cifar.py", ["--data", "{cifar}", "-b", "0"], "must be >= 1"),
 ]
