@@ -49,7 +49,7 @@ class MemoryBank(nn.Module):
         """V[y] <- normalize(m V[y] + (1-m) x) with the features of every rank, so all banks agree.
 
         Call after backward: the step's gradient was computed against the bank before this."""
-        x, y = all_gather_cat(x.detach().float()), all_gather_cat(y)
+        x, y = all_gather_cat(x.detach().to(self.memory.dtype)), all_gather_cat(y)
         # an index can occur twice (DistributedSampler pads the last batch); keep its first
         # occurrence so the result does not depend on scatter order, which CUDA leaves undefined
         uniq, inv = torch.unique(y, return_inverse=True)

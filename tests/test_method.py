@@ -47,9 +47,11 @@ def test_memory_update_momentum_then_normalise(m):
     V0 = bank.memory.clone()
     x, y = feats(5, 8), torch.tensor([3, 7, 0, 49, 12])
     bank.update(x, y)
+    assert bank.momentum == pytest.approx(m, abs=1e-7)
+    m = bank.momentum  # the value held in the float32 params buffer, as the original kept it
     want = V0.clone()
     want[y] = (m * V0[y] + (1 - m) * x) / (m * V0[y] + (1 - m) * x).norm(dim=1, keepdim=True)
-    assert torch.allclose(bank.memory, want, atol=1e-12)
+    assert torch.allclose(bank.memory, want, rtol=0, atol=1e-15)
     assert torch.equal(bank.memory[8:12], V0[8:12])  # other rows untouched
 
 
@@ -64,7 +66,8 @@ def test_update_keeps_first_of_duplicate_indices():
     bank = LinearAverage(4, 10, 0.1, 0.0).double()
     x = feats(3, 4)
     bank.update(x, torch.tensor([2, 5, 2]))
-    assert torch.allclose(bank.memory[2], x[0]) and torch.allclose(bank.memory[5], x[1])
+    assert torch.allclose(bank.memory[2], x[0], rtol=0, atol=1e-15)
+    assert torch.allclose(bank.memory[5], x[1], rtol=0, atol=1e-15)
 
 
 def test_gradient_uses_bank_before_update():
@@ -258,4 +261,4 @@ def test_one_training_step_matches_closed_form():
     assert torch.allclose(lin.bias, b0 - lr * (gb + wd * b0))
     want = V0.clone()
     want[y] = F.normalize(m * V0[y] + (1 - m) * f, dim=1)
-    assert torch.allclose(bank.memory, want)
+    assert torch.allclose(bank.memory, want, rtol=0, atol=1e-12)
