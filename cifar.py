@@ -11,6 +11,7 @@ from lib.gpu_aug import GPUAugment
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "fashion-mnist": ((0.2860,) * 3, (0.3530,) * 3)}
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28}
 OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fashion-mnist": FashionMNISTInstance.open}
 
 
@@ -39,7 +40,7 @@ def lr_at(epoch, args):
 
 
 def image_size(args):
-    return args.size or (28 if args.dataset == "fashion-mnist" else 32)
+    return args.size or NATIVE_SIZE[args.dataset]
 
 
 def transforms_for(args):
@@ -54,7 +55,7 @@ def transforms_for(args):
     if args.gpu_aug:  # the loader only decodes; lib/gpu_aug.py draws the same list on the device
         train_tf = transforms.PILToTensor()
     test_tf = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    if size != image_size(argparse.Namespace(size=None, dataset=args.dataset)):
+    if size != NATIVE_SIZE[args.dataset]:
         test_tf.insert(0, transforms.Resize(size))
     return train_tf, transforms.Compose(test_tf)
 

@@ -57,7 +57,7 @@ class _GatherDot(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, memory, idx):
-        ctx.dense = use_dense(*idx.shape[:1], memory.shape[0], idx.shape[1], memory.shape[1])
+        ctx.dense = use_dense(x.shape[0], memory.shape[0], idx.shape[1], memory.shape[1])
         ctx.save_for_backward(memory, idx)
         return _scores(x, memory, idx, ctx.dense)
 
@@ -76,8 +76,9 @@ def _nce_sum(s, T, Z, c, eps):
     """sum_b [log(P_b0/(P_b0 + c + eps)) + sum_{k>=1} log(c/(P_bk + c + eps))], P = exp(s/T)/Z."""
     total = s.new_zeros((), dtype=torch.float64)
     log_c = torch.log(torch.as_tensor(c, dtype=torch.float64))
-    for a in range(0, s.shape[0], _rows(s.shape[1] * 4)):
-        p = s[a:a + _rows(s.shape[1] * 4)].div(T).exp_().div_(Z)
+    step = _rows(s.shape[1] * 4)
+    for a in range(0, s.shape[0], step):
+        p = s[a:a + step].div(T).exp_().div_(Z)
         den = p.add(c + eps).log_()
         total += (p[:, 0].log() - den[:, 0]).sum(dtype=torch.float64)
         total += log_c * den[:, 1:].numel() - den[:, 1:].sum(dtype=torch.float64)

@@ -12,17 +12,16 @@ def _denorm(x, mean, std):
 @torch.no_grad()
 def raw_pixel_knn(train_loader, val_loader, train_labels, num_classes, mean, std, k=200, sigma=0.1):
     """Cosine kNN on the [0, 1] pixels themselves: the floor a learned feature should clear."""
-    def pixels(loader):
-        return torch.cat([F.normalize(_denorm(x, mean, std).flatten(1), dim=1) for x, _, _ in loader])
-    bank, labels = pixels(train_loader), torch.as_tensor(train_labels).cpu()
-    top1 = total = 0
-    q = pixels(val_loader)
-    targets = torch.cat([t for _, t, _ in val_loader])
+    def pixels(loader):  # one pass: unit-norm pixel vectors and targets
+        xs, ts = zip(*[(F.normalize(_denorm(x, mean, std).flatten(1), dim=1), t) for x, t, _ in loader])
+        return torch.cat(xs), torch.cat(ts)
+    (bank, _), labels = pixels(train_loader), torch.as_tensor(train_labels).cpu()
+    q, targets = pixels(val_loader)
+    top1 = 0
     for a in range(0, len(q), 512):
         pred = knn.rank_by_score(knn.knn_predict(q[a:a + 512], bank, labels, num_classes, k, sigma))[:, 0]
         top1 += pred.eq(targets[a:a + 512]).sum().item()
-        total += len(pred[:512])
-    return 100.0 * top1 / total
+    return 100.0 * top1 / len(q)
 
 
 @torch.no_grad()
