@@ -2,12 +2,29 @@
 epoch is not bound by PIL. Per sample it draws from the same distributions as the torchvision
 pipeline it replaces: RandomResizedCrop(size, scale, ratio 3/4..4/3, 10 tries then centre crop),
 ColorJitter(b, c, s, h) in a random order per image, RandomGrayscale(p), optional horizontal flip,
-Normalize. Resampling is bilinear (roi_align) on [0, 1] floats rather than PIL on uint8, so single
-pixels differ while the statistics agree (tests/test_gpu_aug.py compares them)."""
+Normalize. The resized crop is torchvision's (bilinear, antialiased when downscaling, as PIL's
+resize): the same separable triangle-filter weights, built per sample as two small matrices and
+applied as batched matmuls, so it equals `transforms.functional.resized_crop(..., antialias=True)`
+on the same boxes to float precision (tests/test_gpu_aug.py checks it on stripes, dots and noise)."""
 import math
 
 import torch
-from torchvision.ops import roi_align
+
+
+def _resize_weights(start, length, out, size):
+    """B x out x size matrices W with W @ signal = the antialiased bilinear resize of
+    signal[start:start+length] to `out` samples, as torchvision's (and PIL's) resize computes it:
+    output o is centred at (o + 0.5) * scale in the crop, scale = length / out; the triangle filter
+    is widened by `scale` when downscaling (the antialias), and each row is normalised to sum 1
+    over the pixels inside the crop."""
+    dev = start.device
+    scale = (length / out)[:, None, None]                                   # B x 1 x 1
+    support = scale.clamp(min=1.0)
+    centre = (torch.arange(out, device=dev, dtype=torch.float64)[None, :, None] + 0.5) * scale  # B x out x 1
+    j = torch.arange(size, device=dev, dtype=torch.float64)[None, None, :] - start[:, None, None]  # crop coords
+    w = (1 - ((j + 0.5 - centre) / support).abs()).clamp(min=0)
+    w = w * ((j >= 0) & (j < length[:, None, None]))                         # only the crop's pixels
+    return (w / w.sum(2, keepdim=True)).float()                             # B x out x size
 
 
 def _gray(x):  # ITU-R 601-2 luma, as torchvision
@@ -64,7 +81,14 @@ class GPUAugment:
         i = torch.floor(torch.rand(n, device=device) * (height - h + 1))
         j = torch.floor(torch.rand(n, device=device) * (width - w + 1))
         i, j = torch.where(fallback, (height - h) // 2, i), torch.where(fallback, (width - w) // 2, j)
-        return torch.stack([rows.float(), j, i, j + w, i + h], 1)  # roi_align boxes: idx, x1, y1, x2, y2
+        return torch.stack([i, j, h, w], 1)  # top, left, height, width (torchvision's get_params order)
+
+    def resized_crop(self, x, boxes):
+        """x: B x C x H x W floats, boxes: B x 4 (top, left, h, w) -> B x C x size x size."""
+        b = boxes.double()
+        wy = _resize_weights(b[:, 0], b[:, 2], self.size, x.shape[2])  # B x size x H
+        wx = _resize_weights(b[:, 1], b[:, 3], self.size, x.shape[3])  # B x size x W
+        return torch.einsum("bsh,bchw,btw->bcst", wy, x, wx)
 
     def color_jitter(self, x):
         n, dev, f = x.shape[0], x.device, self.jitter
@@ -96,7 +120,7 @@ class GPUAugment:
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         n, _, H, W = x.shape
         if self.size:
-            x = roi_align(x, self.crop_boxes(n, H, W, x.device), (self.size, self.size), 1.0, 2, aligned=False)
+            x = self.resized_crop(x, self.crop_boxes(n, H, W, x.device))
         for step in self.order:
             if step == "j":
                 x = self.color_jitter(x)
