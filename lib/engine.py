@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
@@ -97,7 +98,19 @@ class SeededSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
+def sample_seed(seed, epoch, index):
+    """The seed of one image's augmentation: (seed, epoch, index) hashed by numpy's SeedSequence
+    into the 32 bits the CPU generator keeps (it drops higher bits: a seed built by shifting
+    epoch and seed above bit 31 repeats every two epochs). Any int64 --seed works."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(1, np.uint32)[0])
+
+
 class SeededDataset(torch.utils.data.Dataset):
+    """Draws each image's augmentation from its own seed, sample_seed(seed, epoch, index): the
+    torchvision transforms use the default CPU generator, so it is reseeded for the sample and
+    restored after. Only that generator: torch.manual_seed would also reseed CUDA's, which
+    fork_rng(devices=[]) does not restore (the negatives would then follow the last image)."""
+
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
 
@@ -107,7 +120,7 @@ class SeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         i, epoch = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 2**31 + i)
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
             return self.dataset[i]
 
 
