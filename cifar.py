@@ -17,7 +17,7 @@ OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fas
 
 def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=128, weight_decay=5e-4, nce_t=0.1, workers=2,
-                                     knn_source="recompute", checkpoint_dir="checkpoints/cifar"))
+                                     knn_source="recompute", checkpoint_dir=None))
     p.add_argument("--dataset", default="cifar10", choices=list(STATS), help="which dataset")
     p.add_argument("--data", default="./data", help="dataset root (CIFAR: holds cifar-10-batches-py / cifar-100-python)")
     p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction,
@@ -29,7 +29,11 @@ def get_args(argv=None):
     p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
     p.add_argument("-r", "--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from")
     p.add_argument("--test-only", dest="evaluate", action="store_true", help="evaluate --resume and exit")
-    return p.parse_args(argv)
+    p.add_argument("--init", default="authors", choices=["authors", "torchvision"],
+                   help="CIFAR ResNet init: the authors' (PyTorch 0.4 defaults) or torchvision's kaiming-normal")
+    args = p.parse_args(argv)
+    args.checkpoint_dir = args.checkpoint_dir or f"checkpoints/{args.dataset}"  # one folder per dataset
+    return args
 
 
 def lr_at(epoch, args):
@@ -70,7 +74,7 @@ def task(args):
     mean, std = STATS[args.dataset]
     gpu_augment = GPUAugment(image_size(args), mean, std, order="jg") if args.gpu_aug else None
     return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=int(max(train_eval.targets)) + 1,
-                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width),
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width, init=args.init),
                        lr_at=lr_at, mean=mean, std=std, gpu_augment=gpu_augment)
 
 

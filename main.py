@@ -42,9 +42,10 @@ def task(args):
         if not os.path.isdir(os.path.join(args.data, sub)):
             raise UserError(f"'{os.path.join(args.data, sub)}' is missing: DATA must hold train/ and val/ class folders")
     train = ImageFolderInstance.open(os.path.join(args.data, "train"), train_tf)
-    val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf)
+    # val's labels are train's indices of the same folder names (not val's own sorted order)
+    val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf, class_to_idx=train.class_to_idx)
     return engine.Task(train=train, train_eval=ImageFolderInstance.open(os.path.join(args.data, "train"), test_tf),
-                       val=val, num_classes=len(train.classes),
+                       val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim), lr_at=lr_at, mean=MEAN, std=STD,
                        gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)
 

@@ -8,12 +8,32 @@ from lib.errors import UserError
 class ImageFolderInstance(datasets.ImageFolder):
     """ImageFolder (DATA/train/<class>/<image>) that also returns the index."""
 
+    def __init__(self, root, transform=None, class_to_idx=None):
+        self._given = class_to_idx
+        super().__init__(root, transform=transform)
+
+    def find_classes(self, directory):
+        """With `class_to_idx` (train's), a val folder's classes take train's indices by name: a
+        val/ that lacks some of train's classes must not shift the labels of the others."""
+        classes, own = super().find_classes(directory)
+        if self._given is None:
+            return classes, own
+        unknown = [c for c in classes if c not in self._given]
+        if unknown:
+            raise UserError(f"'{directory}' has class folder '{unknown[0]}' that train/ does not have"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        absent = [c for c in self._given if c not in own]
+        if absent:
+            print(f"note: {len(absent)} of train/'s {len(self._given)} classes have no folder in '{directory}' "
+                  f"(e.g. '{absent[0]}'); they are scored but never the right answer")
+        return classes, {c: self._given[c] for c in classes}
+
     @classmethod
-    def open(cls, root, transform=None):
+    def open(cls, root, transform=None, class_to_idx=None):
         if not os.path.isdir(root):
             raise UserError(f"dataset folder '{root}' does not exist (expected ImageNet layout DATA/train, DATA/val)")
         try:
-            return cls(root, transform=transform)
+            return cls(root, transform=transform, class_to_idx=class_to_idx)
         except (FileNotFoundError, RuntimeError) as e:
             raise UserError(f"'{root}' is not an image-folder dataset: {str(e).splitlines()[0]}") from None
 

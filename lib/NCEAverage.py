@@ -1,6 +1,8 @@
 """NCE memory bank (the original's `lib.NCEAverage.NCEAverage`).
 
-forward(x, y, idx) returns P = exp(<V[idx], x>/T) / Z, B x (K+1), positive in column 0."""
+forward(x, y, idx) returns P = exp(<V[idx], x>/T) / Z, B x (K+1), positive in column 0; in training
+mode its backward also updates the bank (the authors' contract, see MemoryBank). An explicit `idx`
+must hold y in column 0."""
 import torch
 import torch.distributed as dist
 
@@ -30,8 +32,20 @@ class NCEAverage(MemoryBank):
         idx[:, 0] = y
         return idx
 
+    def indices(self, y, idx=None):
+        """B x (K+1) bank rows to score: drawn here, or the caller's, whose column 0 must be y."""
+        if idx is None:
+            return self.sample(y)
+        if tuple(idx.shape) != (y.shape[0], self.K + 1):
+            raise ValueError(f"idx must be B x (K+1) = {y.shape[0]} x {self.K + 1}, got {tuple(idx.shape)}")
+        if not torch.equal(idx[:, 0].long(), y.long()):
+            raise ValueError("idx[:, 0] must equal y: column 0 is scored as the positive")
+        return idx
+
     def scores(self, x, y, idx=None):
-        idx = self.sample(y) if idx is None else idx
+        return self._scores(x, self.indices(y, idx))
+
+    def _scores(self, x, idx):
         s = ops.gather_dot(x, self.memory, idx)  # B x (K+1)
         if self.Z < 0:
             self.estimate_Z(s)
@@ -48,18 +62,20 @@ class NCEAverage(MemoryBank):
         print(f"normalization constant Z is set to {float(z):.1f}")
 
     def forward(self, x, y, idx=None):
+        x = self._update_after_backward(x, y)  # training mode: the backward updates the bank
         return torch.exp(self.scores(x, y, idx) / self.T) / self.Z
 
     def loss(self, x, y, idx=None):
         """NCECriterion(N)(self(x, y, idx), y), computed without the intermediate blocks
-        (or the cross-entropy over the K+1 scores with `loss='ce'`), plus the optional proximal term."""
-        idx = self.sample(y) if idx is None else idx
+        (or the cross-entropy over the K+1 scores with `loss='ce'`), plus the optional proximal term.
+        Never updates the bank: call update() after backward."""
+        idx = self.indices(y, idx)
         if self.loss_type == "ce":
-            out = torch.nn.functional.cross_entropy(self.scores(x, y, idx) / self.T, torch.zeros_like(y))
+            out = torch.nn.functional.cross_entropy(self._scores(x, idx) / self.T, torch.zeros_like(y))
         else:
             if self.Z < 0:
                 with torch.no_grad():
-                    self.scores(x, y, idx)  # the first batch sets Z
+                    self._scores(x, idx)  # the first batch sets Z
             out = ops.nce_loss(x, self.memory, idx, self.T, self.Z, self.K, self.nLem, NCECriterion.eps)
         return out + self.proximal(x, y)
 

@@ -80,6 +80,14 @@ def all_gather_object(obj):
     return out
 
 
+@torch.no_grad()
+def broadcast_model(model):
+    """Every rank takes rank 0's parameters and buffers (BatchNorm statistics included)."""
+    if is_dist():
+        for t in model.state_dict().values():
+            torch.distributed.broadcast(t, 0)
+
+
 def cleanup(barrier=False):
     """barrier=True on a normal exit: every rank is done before any tears the group down."""
     if is_dist():

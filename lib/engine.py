@@ -35,6 +35,8 @@ class Task:
     mean: tuple = (0.485, 0.456, 0.406)    # the Normalize of the test transform (for pictures and raw pixels)
     std: tuple = (0.229, 0.224, 0.225)
     gpu_augment: Callable = None           # optional batched augmentation on the device
+    monitor: str = "knn_top1"              # the per-epoch figure model_best.pth is chosen on
+    final_source: str = "recompute"        # what the final figure scores against: recomputed features or the bank
 
 
 # --- set-up -------------------------------------------------------------------------------
@@ -153,11 +155,13 @@ def rng_state():
     return s
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False):
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None):
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
              "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
              "best_knn": best_knn}
+    if scaler is not None:  # fp16's loss scale: a resume must not restart it
+        state["scaler"] = scaler.state_dict()
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     ckpt.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
@@ -190,19 +194,76 @@ def bank_from_checkpoint(ck, path, n):
     return mem
 
 
-def resume(args, model, bank, optimizer, n):
-    """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume)."""
-    path = args.resume
+# What a run is. A resume continues the run in the checkpoint, so these must match it (the bank,
+# its T and m, the data and the network depend on them); any flag not named below counts here,
+# so a new option is protected without being listed.
+RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluation settings)
+    "workers", "device", "checkpoint_dir", "log_dir", "resume", "evaluate", "no_auto_resume", "start_epoch",
+    "world_size", "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last", "amp",
+    "baselines", "retrievals", "knn_k", "knn_source", "download", "export_features", "export_embedding"}
+ANY_RESUME_KEYS = {"epochs", "print_freq"}  # may change on any resume (said)
+EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "iter_size", "data",
+                        "warmup_epochs", "sync_bn"}  # only with an explicit --resume (said)
+
+
+def _same(key, a, b):
+    if key == "data" and isinstance(a, str) and isinstance(b, str):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def check_same_run(args, ck, path, auto):
+    """Stop with one line if the checkpoint's run differs from this command's in what defines it;
+    say each accepted change."""
+    old, new = ck.get("args"), plain_args(args)
+    if not isinstance(old, dict):
+        return  # the authors' files carry no arguments
+    diff = {k: (old[k], new[k]) for k in old.keys() & new.keys()
+            if k not in RUNTIME_KEYS and not _same(k, old[k], new[k])}
+    allowed = ANY_RESUME_KEYS | (set() if auto else EXPLICIT_RESUME_KEYS)
+    bad = {k: v for k, v in diff.items() if k not in allowed}
+    if bad:
+        what = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(bad.items()))
+        if auto:
+            raise UserError(f"'{path}' is another run ({what}): not auto-resuming it. Use another --checkpoint-dir, "
+                            "or --no-auto-resume to start afresh there (its checkpoint will be overwritten)")
+        raise UserError(f"--resume '{path}' was trained with other settings ({what}); a resumed run may change "
+                        f"only {', '.join('--' + k.replace('_', '-') for k in sorted(allowed))}")
+    for k, (a, b) in sorted(diff.items()):
+        print(f"=> resuming with --{k.replace('_', '-')} {b} (the checkpoint's run had {a})")
+
+
+def check_same_data(args, ck, path):
+    """Evaluation scores the checkpoint's bank by dataset index: the training set must be its own."""
+    old = ck.get("args")
+    if not isinstance(old, dict):
+        return
+    for k in ("dataset", "train_subset", "size"):
+        if k in old and k in vars(args) and old[k] != getattr(args, k):
+            raise UserError(f"'{path}' was trained with --{k.replace('_', '-')} {old[k]}, "
+                            f"this command says {getattr(args, k)}: its bank does not index these images")
+
+
+def resume(args, model, bank, optimizer, n, scaler=None):
+    """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume; evaluation
+    without --resume evaluates that one and says so)."""
+    path, auto = args.resume, False
     if not path:
         latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-        if args.evaluate or args.no_auto_resume or not os.path.isfile(latest):
+        if args.evaluate:
+            if not os.path.isfile(latest):
+                raise UserError(f"nothing to evaluate: give --resume CHECKPOINT (no checkpoint in '{args.checkpoint_dir}')")
+            print(f"=> no --resume given: evaluating the latest checkpoint of --checkpoint-dir, '{latest}'")
+        elif args.no_auto_resume or not os.path.isfile(latest):
             return 0, None
-        path = latest
-        print(f"=> auto-resuming from '{path}'")
+        else:
+            print(f"=> auto-resuming from '{latest}'")
+        path, auto = latest, not args.evaluate
     ck = ckpt.load(path)
     load_model_weights(model, ck, args, path)
     mem = bank_from_checkpoint(ck, path, n)
     if args.evaluate:
+        check_same_data(args, ck, path)
         bank.memory.copy_(mem["memory"])
         print(f"=> loaded '{path}' (epoch {ck.get('epoch', '?')}) for evaluation")
         return ck.get("epoch", 0), ck
@@ -211,9 +272,12 @@ def resume(args, model, bank, optimizer, n):
                         f"this run uses {type(bank).__name__} (check --nce-k)")
     if mem["memory"].shape[1] != args.low_dim:
         raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
+    check_same_run(args, ck, path, auto)
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
     if "optimizer" in ck and not ck.get("legacy"):
         optimizer.load_state_dict(ck["optimizer"])
+    if scaler is not None and "scaler" in ck:
+        scaler.load_state_dict(ck["scaler"])
     rngs = ck.get("rng") or []
     if len(rngs) == args.world_size:
         torch.set_rng_state(rngs[args.rank]["cpu"])
@@ -299,7 +363,10 @@ def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocas
 
 def evaluate(model, bank, train_labels, loaders, task, args, device, source, autocast=None):
     """kNN on the val set against the bank, or against train features recomputed with the test
-    transform into a separate tensor (the bank is never overwritten)."""
+    transform into a separate tensor (the bank is never overwritten). Under torchrun every rank
+    first takes rank 0's weights and BatchNorm statistics (the ranks' running statistics drift apart
+    with their local batches), so the figure is that of the network rank 0 saves."""
+    du.broadcast_model(model)
     if source == "recompute":
         feats = knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
     else:
@@ -348,18 +415,20 @@ def _run(args, make_task):
     bank = build_bank(args, n).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
-    start_epoch, ck = resume(args, model, bank, optimizer, n)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler)
     best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
 
     train_model = model
+    if args.sync_bn:
+        train_model = model = sync_batchnorm(model, args, device)
     if args.distributed:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
     autocast = amp_context(args, device)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     loaders = make_loaders(task, args)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
 
@@ -394,15 +463,25 @@ def _run(args, make_task):
         print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
         rngs = du.all_gather_object(rng_state())
         if du.is_main_process():
-            is_best = res["knn_top1"] > best
-            best = max(best, res["knn_top1"])
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best)
+            is_best = res[task.monitor] > best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
+            best = max(best, res[task.monitor])
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler)
             log_epoch(args, writer, stats)
+    # the final figure: CIFAR's against recomputed train features (the original's cifar.py), ImageNet's
+    # against the bank (the original's main.py, and the published 41.0 / 46.8); the other one beside it
     final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
-    print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")
+    extra = {}
+    if task.final_source == "bank":
+        extra = {"recomputed_" + k: v for k, v in final.items()}
+        final, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
+        print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, memory bank) {fmt(final)}")
+        print(f"   (recomputed features: Top1: {extra['recomputed_knn_top1']:.2f}  "
+              f"1-NN Top1: {extra['recomputed_nn_top1']:.2f})")
+    else:
+        print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")
     if du.is_main_process():
-        log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()},
-                                 **baselines})
+        log_epoch(args, writer, {"final": True, "epoch": args.epochs, "final_source": task.final_source,
+                                 **{"final_" + k: v for k, v in final.items()}, **extra, **baselines})
         if args.retrievals:
             grid = report.retrieval_grid(model, feats, task.train_eval, task.val, task.mean, task.std, device,
                                          args.retrievals, autocast=autocast)
@@ -415,6 +494,15 @@ def _run(args, make_task):
               f"raw_pixels={baselines['raw_pixels']:.1f}")
     du.cleanup(barrier=True)
     return final
+
+
+def sync_batchnorm(model, args, device):
+    """SyncBatchNorm for small per-GPU batches; the parameter names (and checkpoints) do not change."""
+    if not args.distributed:
+        return model  # one process: BatchNorm already sees the whole batch
+    if device.type != "cuda":
+        raise UserError("--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA only)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def check_banks_agree(bank, epoch):

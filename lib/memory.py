@@ -20,11 +20,36 @@ def all_gather_cat(t):
     return torch.cat(out)
 
 
+class _UpdateOnBackward(torch.autograd.Function):
+    """Identity on the features whose backward updates the bank, as the authors' NCEFunction and
+    LinearAverageOp did at the end of their backward: autograd reaches it only once the gradient
+    w.r.t. the features is complete, i.e. after the scores' backward has read the old bank."""
+
+    @staticmethod
+    def forward(ctx, x, bank, y):
+        ctx.bank = bank
+        ctx.save_for_backward(x, y)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        ctx.bank.update(x, y)
+        return grad, None, None
+
+
 class MemoryBank(nn.Module):
     """N x D bank `memory` (float32 buffer) of per-instance features.
 
     Subclasses hold their hyper-parameters in the float buffer `params` (the original's layout,
-    so the authors' checkpoints map one to one) and define forward / loss."""
+    so the authors' checkpoints map one to one) and define forward / loss.
+
+    Two ways to train with it, each updating the bank once per step after the gradient:
+    - the engine's: `loss = bank.loss(f, y)`, `loss.backward()`, then `bank.update(f.detach(), y)`;
+      `loss` never touches the bank.
+    - the authors': `out = bank(f, y)`, `loss = criterion(out, y)`, `loss.backward()`: in training
+      mode, when `f` requires grad, the backward updates the bank itself, as their code did. In
+      eval mode (or under no_grad) forward is a pure function of the bank."""
 
     def __init__(self, inputSize, outputSize, params):
         super().__init__()
@@ -43,6 +68,11 @@ class MemoryBank(nn.Module):
         if _world() > 1:
             for b in self.buffers():
                 dist.broadcast(b, 0)
+
+    def _update_after_backward(self, x, y):
+        if self.training and torch.is_grad_enabled() and x.requires_grad:
+            return _UpdateOnBackward.apply(x, self, y)
+        return x
 
     @torch.no_grad()
     def update(self, x, y):

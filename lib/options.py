@@ -20,6 +20,8 @@ def parser(description, defaults):
     g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=d["weight_decay"], type=float)
     g.add_argument("--cos", action="store_true", help="cosine lr decay instead of the paper's steps")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     g.add_argument("--iter_size", "--iter-size", dest="iter_size", default=1, type=int,
                    help="accumulate gradients over this many batches per step")
 

@@ -78,6 +78,16 @@ def test_torchrun_trains_one_bank_checkpoint_once(cifar_dir, tmp_path):
     assert ck["args"]["world_size"] == 2 and len(ck["rng"]) == 2
     assert torch.isfinite(ck["memory"]["memory"]).all() and ck["memory"]["params"][2] > 0
     assert sorted(os.listdir(c)) == ["checkpoint.pth", "log.txt", "model_best.pth", "retrievals.png", "tb"]
+    # the figures printed are those of the saved network (rank 0's weights and BatchNorm statistics),
+    # as one process evaluates the file: the final one (recomputed) and the last epoch's (bank)
+    figure = lambda line: line.split(") ", 1)[1]
+    final = figure([l for l in r.stdout.splitlines() if "final kNN" in l][0])
+    last_epoch = [l for l in r.stdout.splitlines() if "epoch 1 kNN on the bank" in l][0].split("bank ")[1]
+    for source, want in (("recompute", final), ("bank", last_epoch)):
+        one = run_script("cifar.py", "--data", cifar_dir, "--resume", c / "checkpoint.pth", "--test-only",
+                         "--knn-source", source, *TINY)
+        assert one.returncode == 0, one.stderr
+        assert figure([l for l in one.stdout.splitlines() if "kNN" in l][0]) == want, (source, one.stdout[-500:])
 
 
 def test_distributed_knn_equals_single_process(cifar_dir, tmp_path):

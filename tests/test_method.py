@@ -70,6 +70,37 @@ def test_update_keeps_first_of_duplicate_indices():
     assert torch.allclose(bank.memory[5], x[1], rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("nce", [True, False])
+def test_authors_training_loop_updates_the_bank(nce):
+    """The authors' loop: out = lemniscate(feature, index); loss = criterion(out, index);
+    loss.backward(). Their backward updated the bank after computing the gradient; so does ours."""
+    N, D, K, T, m = 50, 8, 6, 0.1, 0.5
+    torch.manual_seed(0)
+    bank = (NCEAverage(D, N, K, T, m) if nce else LinearAverage(D, N, T, m)).double()
+    criterion = NCECriterion(N) if nce else torch.nn.CrossEntropyLoss()
+    V = bank.memory.clone()
+    x = feats(4, D).requires_grad_()
+    y = torch.tensor([3, 7, 11, 40])
+    idx = bank.sample(y) if nce else None
+    out = bank(x, y, idx) if nce else bank(x, y)
+    assert torch.equal(bank.memory, V)  # forward alone does not touch it
+    criterion(out, y).backward()
+    want = F.normalize(V[y] * m + x.detach() * (1 - m), dim=1)
+    assert torch.allclose(bank.memory[y], want, rtol=0, atol=1e-14)
+    others = torch.ones(N, dtype=torch.bool)
+    others[y] = False
+    assert torch.equal(bank.memory[others], V[others])
+    # the gradient was the one against the bank before the update
+    bank2 = (NCEAverage(D, N, K, T, m) if nce else LinearAverage(D, N, T, m)).double()
+    bank2.load_state_dict(bank.state_dict())
+    bank2.memory.copy_(V)
+    x2 = x.detach().clone().requires_grad_()
+    ref = bank2.loss(x2, y, idx) if nce else bank2.loss(x2, y)
+    ref.backward()
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-10, atol=1e-14)
+    assert torch.equal(bank2.memory, V)  # loss() never updates: the engine calls update()
+
+
 def test_gradient_uses_bank_before_update():
     """The step's gradient is computed against the memory as it was at forward time; updating the
     bank between forward and backward is refused by autograd's version check."""
@@ -121,9 +152,14 @@ def test_nce_column_zero_is_positive():
     bank = NCEAverage(8, 40, 5, 0.1).double()
     x, y = feats(3, 8), torch.tensor([4, 8, 15])
     idx = torch.randint(40, (3, 6))
-    out = bank(x, y, idx.clone())  # the caller's column 0 is replaced by y? no: idx is used as given
+    with pytest.raises(ValueError, match=r"idx\[:, 0\] must equal y"):
+        bank(x, y, idx)  # a caller's column 0 that is not the positive would be scored as one
+    idx[:, 0] = y
+    out = bank(x, y, idx)
     V = bank.memory
     assert torch.allclose(out[:, 1], torch.exp((V[idx[:, 1]] * x).sum(1) / bank.T) / bank.Z)
+    with pytest.raises(ValueError, match="must be B x"):
+        bank.loss(x, y, idx[:, :3])
     s = bank.scores(x, y)  # sampled internally: column 0 is y
     assert torch.allclose(s[:, 0], (V[y] * x).sum(1))
 
@@ -138,7 +174,7 @@ def test_nce_loss_and_gradient_closed_form(N, K, B):
     y = torch.randint(N, (B,))
     idx = bank.sample(y)
     V = bank.memory.clone()
-    ref = NCECriterion(N)(bank(x, y, idx), y)
+    ref = NCECriterion(N)(bank.eval()(x, y, idx), y)  # eval: the forward is pure (no update on backward)
     Z = bank.Z
     want = closed_form_nce_loss(x, V, idx, bank.T, Z, N)
     g_want, = torch.autograd.grad(want, x)

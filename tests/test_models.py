@@ -31,10 +31,46 @@ def test_cifar_stem_and_pooling():
     assert narrow.fc.in_features == 128 and narrow.layer1[0].conv1.out_channels == 16
 
 
-def test_conv_init_is_kaiming_fan_out():
+def test_imagenet_init_is_kaiming_fan_out():
     torch.manual_seed(0)
-    w = models.ResNet18().layer3[0].conv1.weight  # 256 x 128 x 3 x 3
+    w = models.resnet18().layer3[0].conv1.weight  # 256 x 128 x 3 x 3
     want = (2 / (3 * 3 * 256)) ** 0.5
     assert abs(w.std().item() / want - 1) < 0.02
     bn = models.resnet18().bn1
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+
+
+def _uniform_ok(t, lo, hi):
+    """min/max near the ends and mean/std those of U(lo, hi): a normal or a ones init fails."""
+    t, span = t.detach().flatten().double(), hi - lo
+    assert t.min() >= lo and t.max() < hi + 1e-12
+    assert t.min() < lo + 0.02 * span and t.max() > hi - 0.02 * span
+    assert abs(t.mean() - (lo + hi) / 2) < 0.03 * span
+    assert abs(t.std() / (span / 12 ** 0.5) - 1) < 0.03
+
+
+def test_cifar_init_is_the_authors_pytorch04_default():
+    """The authors' resnet_cifar.py has no init code: PyTorch 0.4's defaults ran."""
+    torch.manual_seed(0)
+    net = models.ResNet18(low_dim=128)
+    w = net.layer3[0].conv1.weight  # fan_in 128 * 3 * 3
+    _uniform_ok(w, -1 / (128 * 9) ** 0.5, 1 / (128 * 9) ** 0.5)
+    _uniform_ok(net.layer2[0].downsample[0].weight, -1 / 64 ** 0.5, 1 / 64 ** 0.5)  # 1x1 shortcut
+    _uniform_ok(net.fc.weight, -1 / 512 ** 0.5, 1 / 512 ** 0.5)
+    assert net.fc.bias.abs().max() < 1 / 512 ** 0.5 and net.fc.bias.std() > 0.01
+    bn = torch.cat([m.weight for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    _uniform_ok(bn, 0.0, 1.0)
+    assert all(torch.all(m.bias == 0) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    narrow = models.ResNet10(width=16)  # the rebuilt stages too
+    _uniform_ok(narrow.layer4[0].conv1.weight, -1 / (64 * 9) ** 0.5, 1 / (64 * 9) ** 0.5)
+    _uniform_ok(torch.cat([m.weight for m in narrow.modules() if isinstance(m, torch.nn.BatchNorm2d)]), 0.0, 1.0)
+
+
+def test_cifar_torchvision_init_option():
+    torch.manual_seed(0)
+    net = models.ResNet18(init="torchvision")
+    w = net.layer3[0].conv1.weight
+    assert abs(w.std().item() / (2 / (3 * 3 * 256)) ** 0.5 - 1) < 0.02
+    assert all(torch.all(m.weight == 1) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    narrow = models.ResNet10(width=16, init="torchvision")
+    assert all(torch.all(m.weight == 1) for m in narrow.modules() if isinstance(m, torch.nn.BatchNorm2d))
