@@ -18,11 +18,18 @@ INSTALLER=${NPID_INSTALLER:-auto}
 
 fail() { echo "setup: error: $*" >&2; exit 2; }
 
-imports_ok() {  # prints the versions if $1 imports everything the project needs
-  "$1" - <<'PY' 2>/dev/null
-import sys
-import torch, torchvision, tensorboard, numpy, PIL, sklearn, pytest
-print(f"{sys.executable}: Python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+MODULES="torch torchvision tensorboard numpy PIL sklearn pytest"
+imports_ok() {  # prints the versions if $1 finds every module the project needs (without importing torch: fast)
+  "$1" - $MODULES <<'PY' 2>/dev/null
+import importlib.metadata as md, importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+def version(d):
+    try:
+        return md.version(d)
+    except md.PackageNotFoundError:
+        return "?"
+print(f"{sys.executable}: Python {sys.version.split()[0]}, torch {version('torch')}, torchvision {version('torchvision')}")
+sys.exit(1 if missing else 0)
 PY
 }
 
@@ -75,7 +82,8 @@ install_reqs() {  # install_reqs PYTHON: requirements.txt into that Python's env
     fi
   fi
   echo "setup: installing $REQS into $py with pip"
-  "$py" -m pip install -q -r "$REQS" || fail "pip could not install $REQS into $py (see above)"
+  "$py" -m pip install -q -r "$REQS" || fail "pip could not install $REQS into $py (see above)$(
+    [ "$NPID_PY_KIND" = explicit ] && echo "; unset PYTHON to let set-up create the project's virtual environment")"
 }
 
 if [ -z "$PY" ]; then
@@ -89,7 +97,7 @@ if ! versions=$(imports_ok "$PY"); then
     NPID_PY_KIND=project PY=$NPID_VENV/bin/python
   fi
   install_reqs "$PY"
-  versions=$(imports_ok "$PY") || fail "$PY still cannot import the requirements after the install: $("$PY" -c 'import torch, torchvision, tensorboard, numpy, PIL, sklearn, pytest' 2>&1 | tail -n 1)"
+  versions=$(imports_ok "$PY") || fail "$PY still cannot import the requirements after the install: $("$PY" -c "import ${MODULES// /, }" 2>&1 | tail -n 1)"
 fi
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ ! -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then
   if can_apt; then
