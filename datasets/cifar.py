@@ -1,4 +1,5 @@
 import os
+import pickle
 
 from PIL import Image
 from torchvision import datasets
@@ -36,10 +37,28 @@ def _open(cls, root, train, transform, download):
     except RuntimeError:
         raise UserError(f"{cls.__name__[:-8]} not found: expected the python pickle batches in '{folder}' "
                         "(no network to download it here?)") from None
-    except (OSError, KeyError, ValueError, EOFError) as e:
-        raise UserError(f"{cls.__name__[:-8]}: malformed files in '{folder}' ({type(e).__name__}: {e})") from None
     except Exception as e:  # unpickling garbage raises many types
-        raise UserError(f"{cls.__name__[:-8]}: unreadable files in '{folder}' ({type(e).__name__})") from None
+        bad, err = _bad_file(cls, folder)
+        if bad:
+            e, what = err, f"'{bad}' is truncated or corrupt"
+        else:
+            what = f"malformed files in '{folder}'"
+        detail = " ".join(str(e).split())[:160]
+        todo = (f"delete '{folder}' to download it again" if download else
+                "replace it with a good copy (or delete the folder and drop --no-download to download it)")
+        raise UserError(f"{cls.__name__[:-8]}: {what} ({type(e).__name__}{': ' + detail if detail else ''}); {todo}") from None
+
+
+def _bad_file(cls, folder):
+    """The first of the dataset's pickle files that does not unpickle, and its error."""
+    for name, _ in [*cls.train_list, *cls.test_list, (cls.meta["filename"], None)]:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+        except Exception as e:
+            return path, e
+    return None, None
 
 
 class CIFAR10Instance(_Instance, datasets.CIFAR10):

@@ -42,7 +42,7 @@ class ImageFolderInstance(datasets.ImageFolder):
         try:
             img = self.loader(path)
         except Exception as e:
-            raise UserError(f"cannot read image '{path}': {e}") from None
+            raise UserError(f"cannot read image '{path}' ({type(e).__name__}: {e}); delete or replace it") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, target, index

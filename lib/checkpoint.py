@@ -12,27 +12,82 @@ import torch
 from .errors import UserError
 
 
-def save_atomic(obj, path):
-    """torch.save to a temp file in the same folder, fsync, then rename: never a half-written file."""
+def _write_atomic(path, write, what):
+    """write(f) into a temp file in the same folder, fsync, rename over `path`, fsync the folder: a
+    reader sees the old file or the new one, never a half-written one. An OSError (disk full,
+    read-only, ...) removes the temp file and is one UserError line naming `path`."""
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pth")
+    tmp = None
     try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pth")
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        _fsync_dir(d)
+    except (OSError, RuntimeError) as e:
+        os_err = _os_error(e)  # torch's zip writer turns a failed write into a RuntimeError raised after it
+        if os_err is None:
+            raise
+        kept = "the previous one is unchanged" if os.path.exists(path) else "nothing was written"
+        raise UserError(f"cannot write the {what} '{path}': {os_err.strerror or os_err}; {kept}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def _os_error(e):
+    """The OSError behind e (e itself, or what it was raised from or while handling), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # not supported by every file system
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj, path):
+    """torch.save to a temp file in the same folder, fsync, then rename: never a half-written file."""
+    _write_atomic(path, lambda f: torch.save(obj, f), "checkpoint")
 
 
 def copy_atomic(src, dst):
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    """A copy as durable as save_atomic (temp file, fsync, rename)."""
+    def write(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+    _write_atomic(dst, write, "copy of the checkpoint")
+
+
+def check_writable_dir(path, flag):
+    """Create `path` and probe it with a temp file: an output folder that cannot be created or
+    written is found at the start of a run, as one UserError line. Returns `path`."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        where = f" ('{e.filename}')" if e.filename and os.path.abspath(e.filename) != os.path.abspath(path) else ""
+        raise UserError(f"{flag} '{path}' cannot be created or written: {e.strerror or e}{where}") from None
+    return path
 
 
 # --- the authors' files ---------------------------------------------------------------------

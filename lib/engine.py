@@ -19,7 +19,7 @@ import test as knn
 from . import checkpoint as ckpt
 from . import dist as du
 from . import report
-from .errors import UserError
+from .errors import IO_ERRORS, UserError, one_line
 from .LinearAverage import LinearAverage
 from .NCEAverage import NCEAverage
 
@@ -389,8 +389,8 @@ def run(args, make_task):
     """make_task() -> Task; any UserError on the way is one line on stderr and exit status 2."""
     try:
         return _run(args, make_task)
-    except UserError as e:
-        sys.stderr.write(f"error: {e}\n")  # not print: under torchrun print is muted on ranks > 0
+    except (UserError, *IO_ERRORS) as e:  # I/O faults too (disk full, unreadable file, ...): see lib/errors.py
+        sys.stderr.write(f"error: {one_line(e)}\n")  # not print: under torchrun print is muted on ranks > 0
         du.cleanup()
         sys.exit(2)
     except KeyboardInterrupt:
@@ -440,9 +440,10 @@ def _run(args, make_task):
 
     writer = None
     if du.is_main_process():
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the first step, not at its end
+        log_dir = ckpt.check_writable_dir(args.log_dir or os.path.join(args.checkpoint_dir, "tb"), "--log-dir")
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+        writer = SummaryWriter(log_dir)
     baselines = {}
     if args.baselines and start_epoch == 0:  # the same network before any step, and raw pixels
         baselines["random_init"] = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute",

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python cifar.py --dataset fashion-mnist --data ./data --arch ResNet18 --nce-k 0 --nce-t 0.1 --nce-m 0.5 \
+. scripts/env.sh
+"$PY" cifar.py --dataset fashion-mnist --data ./data --arch ResNet18 --nce-k 0 --nce-t 0.1 --nce-m 0.5 \
   --lr 0.03 -b 128 --epochs 200 --low-dim 128 --baselines --checkpoint-dir checkpoints/fashion_mnist_full "$@"

@@ -5,7 +5,8 @@
 #   bash scripts/imagenet_eval.sh /path/to/imagenet lemniscate_resnet50.pth resnet50
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/env.sh  # PY: the project's Python
 DATA=${1:?usage: imagenet_eval.sh DATA CHECKPOINT [ARCH] [extra flags]}
 CKPT=${2:?usage: imagenet_eval.sh DATA CHECKPOINT [ARCH] [extra flags]}
 ARCH=${3:-resnet18}; shift $(( $# < 3 ? $# : 3 ))
-python main.py "$DATA" --arch "$ARCH" --resume "$CKPT" -e --nce-t 0.07 -b 256 -j 8 "$@"
+"$PY" main.py "$DATA" --arch "$ARCH" --resume "$CKPT" -e --nce-t 0.07 -b 256 -j 8 "$@"

@@ -13,12 +13,14 @@
 #SBATCH --cpus-per-task=64
 #SBATCH --time=72:00:00
 set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"  # sbatch from the repository root
+. scripts/env.sh  # PY: the project's Python
 DATA=${1:?usage: sbatch scripts/slurm_imagenet.sh DATA [extra flags]}; shift
 HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 GPUS=$((SLURM_NNODES * 8))
 BATCH=$((32 * GPUS))
 LR=$(awk -v b="$BATCH" 'BEGIN { printf "%g", 0.03 * b / 256 }')
-srun torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 8 --max-restarts 3 \
+srun "$PY" -m torch.distributed.run --nnodes "$SLURM_NNODES" --nproc_per_node 8 --max-restarts 3 \
   --rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint "$HEAD:29500" \
   main.py "$DATA" --arch resnet50 --nce-k 4096 --nce-t 0.07 -b "$BATCH" --lr "$LR" --epochs 200 -j 8 \
   --checkpoint-dir checkpoints/imagenet_resnet50_slurm "$@"

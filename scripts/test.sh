@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up (idempotent), then runs the whole test suite on the CPU.
+# Sets up (idempotent), then runs the whole test suite on the CPU with the project's Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec ${PYTHON:-python3} -m pytest -q "$@"
+. scripts/env.sh
+exec "$PY" -m pytest -q "$@"
