@@ -45,6 +45,7 @@ def get_args(argv=None):
     p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
     g = p.add_argument_group("protocol (defaults: the --head's published recipe)")
     g.add_argument("--head", default="avgpool", choices=list(PROTOCOLS))
+    g.add_argument("--taps", default="feat1,feat2,feat3,feat4,feat5", help="--head multi: which taps get a head")
     g.add_argument("--epochs", default=None, type=int, help="100 (avgpool) / 90 (multi)")
     g.add_argument("--lr", default=None, type=float, help="30 (avgpool) / 0.01 (multi)")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=float, help="0 / 1e-4")
@@ -335,7 +336,10 @@ def _run(args):
                         f"({'CIFAR ResNets take' if info['cifar'] else 'ImageNet ResNets take'} "
                         f"{'cifar10/cifar100/fashion-mnist' if info['cifar'] else 'imagenet'})")
     train, train_eval, val, C = datasets_for(args)
-    layers, pool = (["avgpool"], None) if args.head == "avgpool" else (list(features.HEADS), "mhead")
+    layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
+    if args.head == "multi" and not set(layers) <= set(features.HEADS):
+        raise UserError(f"--taps: unknown tap '{sorted(set(layers) - set(features.HEADS))[0]}' "
+                        f"(choose from {', '.join(features.HEADS)})")
     size = 224 if args.dataset == "imagenet" else cifar.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, pool or "avg")
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "

@@ -17,6 +17,7 @@ import torchvision
 import test as knn
 from . import checkpoint as ckpt
 from . import dist as du
+from . import export
 from . import report
 from .errors import UserError
 from .LinearAverage import LinearAverage
@@ -64,6 +65,8 @@ def check_args(args, n_train):
                         "use --nce-k 0 for the full softmax")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
+    if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
+        raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
 
 
 def build_bank(args, n):
@@ -351,8 +354,10 @@ def _run(args, make_task):
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
 
     if args.evaluate:
-        res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
+        res, feats = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
+        if args.export_features or args.export_embedding:
+            export.run(args, model, feats, task, loaders[2], device, autocast, args.knn_source)
         du.cleanup(barrier=True)
         return res
 
