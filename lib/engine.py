@@ -52,6 +52,8 @@ def git_sha():
 
 
 def check_args(args, n_train):
+    if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
+        raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
     if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1:
         raise UserError("--low-dim, -b and --iter_size must be >= 1 and --epochs >= 0")
     if args.nce_t <= 0:
@@ -65,8 +67,6 @@ def check_args(args, n_train):
                         "use --nce-k 0 for the full softmax")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
-    if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
-        raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
 
 
 def build_bank(args, n):
