@@ -90,6 +90,9 @@ def check_args(args):
     except ValueError:
         raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
                         f"'{args.lr_grid}')") from None
+    bad = [t for t in args.taps.split(",") if t not in features.HEADS]
+    if args.head == "multi" and bad:
+        raise UserError(f"--taps: unknown layer '{bad[0]}' (choose from {', '.join(features.HEADS)})")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout must be in (0, 1) (got {args.holdout})")
 
@@ -337,9 +340,6 @@ def _run(args):
                         f"{'cifar10/cifar100/fashion-mnist' if info['cifar'] else 'imagenet'})")
     train, train_eval, val, C = datasets_for(args)
     layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
-    if args.head == "multi" and not set(layers) <= set(features.HEADS):
-        raise UserError(f"--taps: unknown tap '{sorted(set(layers) - set(features.HEADS))[0]}' "
-                        f"(choose from {', '.join(features.HEADS)})")
     size = 224 if args.dataset == "imagenet" else cifar.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, pool or "avg")
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
