@@ -33,9 +33,11 @@ def cifar_grid(channels, size):
 # --- the network --------------------------------------------------------------------------
 
 def _unwrap(model):
-    while hasattr(model, "module"):  # DDP, torch.compile
-        model = getattr(model, "_orig_mod", None) or model.module
-    return getattr(model, "_orig_mod", model)
+    """The ResNet inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, in any nesting."""
+    for _ in range(4):
+        model = getattr(model, "_orig_mod", model)
+        model = getattr(model, "module", model)
+    return model
 
 
 def is_cifar(model):
