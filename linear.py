@@ -324,6 +324,23 @@ def loader_for(ds, args, train):
     return features.shard_loader(torch.utils.data.DataLoader(ds, **common))
 
 
+def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
+    """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
+    training set (eval on the un-augmented images), 'final' = whole training set / test set."""
+    fit_idx, held_idx = holdout_split(len(train), args.holdout, args.seed)
+    if args.cached:
+        trf, trl = cached(args, backbone, "train", train_eval, layers, pool, autocast)
+        vaf, val_l = cached(args, backbone, "val", val, layers, pool, autocast)
+        cb = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
+        parts = {"grid": lambda: (cb(trf, trl, fit_idx, True), cb(trf, trl, held_idx, False)),
+                 "final": lambda: (cb(trf, trl, range(len(trl)), True), cb(vaf, val_l, range(len(val_l)), False))}
+    else:
+        lb = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
+        parts = {"grid": lambda: (lb(InstanceSubset(train, fit_idx), True), lb(InstanceSubset(train_eval, held_idx), False)),
+                 "final": lambda: (lb(train, True), lb(val, False))}
+    return lambda part: parts[part]()
+
+
 def _run(args):
     du.init_distributed_mode(args)
     check_args(args)
@@ -350,17 +367,7 @@ def _run(args):
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
-    fit_idx, held_idx = holdout_split(len(train), args.holdout, args.seed)
-    if args.cached:
-        trf, trl = cached(args, backbone, "train", train_eval, layers, pool, autocast)
-        vaf, val_l = cached(args, backbone, "val", val, layers, pool, autocast)
-        batches = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, max(1, args.batch_size), args.device, shuffle, args.seed)
-        make = lambda part: ((batches(trf, trl, fit_idx, True), batches(trf, trl, held_idx, False)) if part == "grid"
-                             else (batches(trf, trl, range(len(trl)), True), batches(vaf, val_l, range(len(val_l)), False)))
-    else:
-        lb = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
-        make = lambda part: ((lb(InstanceSubset(train, fit_idx), True), lb(InstanceSubset(train_eval, held_idx), False))
-                             if part == "grid" else (lb(train, True), lb(val, False)))
+    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
     reduce = not args.cached
     lr = args.lr
     if args.grid:  # chosen on held-out training images, never on the test set
@@ -369,7 +376,8 @@ def _run(args):
             res = fit(args, f"grid-lr{g:g}", dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = max(held, key=held.get)
-        print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items()) + f"; chosen lr {lr:g}")
+        print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
+              + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
               writer, reduce)
     if writer:

@@ -99,7 +99,7 @@ def test_head_learns_linearly_separable_data():
 
 def test_linear_end_to_end_resume(cifar_dir, tiny_ckpt, tmp_path, capsys):
     argv = ["--dataset", "cifar10", "--data", cifar_dir, "--pretrained", tiny_ckpt, "--epochs", "2",
-            "--lr", "1", "-j", "0", "--checkpoint-dir", tmp_path]
+            "--lr", "1", "-j", "0", "--amp", "bf16", "--checkpoint-dir", tmp_path]  # autocast backbone on CPU
     code, out, err = run_linear(capsys, *argv)
     assert code == 0, err
     last = out.strip().splitlines()[-1]
