@@ -26,8 +26,8 @@ from lib import dist as du
 from lib import engine, features, options
 from lib.errors import UserError
 
-PROTOCOLS = {"avgpool": dict(lr=30.0, wd=0.0, epochs=100, schedule="60,80", nesterov=False),
-             "multi": dict(lr=0.01, wd=1e-4, epochs=90, schedule="30,60", nesterov=True)}
+PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
+             "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -70,9 +70,9 @@ def get_args(argv=None):
     options.add_distributed(p)
     args = p.parse_args(argv)
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
-    for k, v in PROTOCOLS[args.head].items():
-        if getattr(args, {"wd": "weight_decay"}.get(k, k), None) is None:
-            setattr(args, {"wd": "weight_decay"}.get(k, k), v)
+    for k, v in PROTOCOLS[args.head].items():  # what the user did not set comes from the recipe
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
     return args
 
 
@@ -252,7 +252,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
         train_head = nn.parallel.DistributedDataParallel(head, device_ids=[torch.device(args.device).index]
                                                          if args.device.startswith("cuda") else None)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                          nesterov=PROTOCOLS[args.head]["nesterov"])
+                          nesterov=args.nesterov)
     path = os.path.join(args.checkpoint_dir, f"linear-{tag}.pth")
     run_id = dict(pretrained=args.sha256, head=args.head, lr=lr, epochs=args.epochs, cached=args.cached,
                   dataset=args.dataset, wd=args.weight_decay, milestones=args.milestones, b=args.batch_size)

@@ -160,3 +160,16 @@ def test_linear_stops_when_the_backbone_drifts(cifar_dir, tiny_ckpt, tmp_path, c
                               "--epochs", "2", "-j", "0", "--checkpoint-dir", tmp_path)
     assert code == 2 and "the frozen backbone changed" in err and "running_" in err, err
     assert not (tmp_path / "linear-train.pth").exists()  # stopped after the first epoch, nothing saved
+
+
+def test_defaults_are_the_published_recipes():
+    a = linear.get_args(["D", "--pretrained", "x"])
+    assert (a.head, a.lr, a.weight_decay, a.epochs, a.schedule, a.nesterov, a.momentum, a.batch_size) == \
+        ("avgpool", 30.0, 0.0, 100, "60,80", False, 0.9, 256)
+    m = linear.get_args(["D", "--pretrained", "x", "--head", "multi", "--lr", "0.1"])
+    assert (m.lr, m.weight_decay, m.epochs, m.schedule, m.nesterov) == (0.1, 1e-4, 90, "30,60", True)
+    torch.manual_seed(0)
+    head = linear.Head({"feat5": 8192}, 1000, norm=True)
+    assert not head.norms["feat5"].affine and not list(head.norms.parameters())  # no wd on the norm: it has none
+    w = head.fcs["feat5"].weight
+    assert abs(w.std().item() - 0.01) < 1e-4 and not head.fcs["feat5"].bias.any()
