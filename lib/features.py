@@ -21,6 +21,7 @@ LAYERS = ("feat1", "feat2", "feat3", "feat4", "feat5", "avgpool", "embed")
 HEADS = LAYERS[:5]
 # mmselfsup resnet50_mhead_linear: AvgPool2d (kernel, stride, padding) per tap, for 224-px inputs
 MHEAD_224 = {"feat1": (10, 10, 4), "feat2": (16, 8, 0), "feat3": (13, 5, 0), "feat4": (8, 3, 0), "feat5": (6, 1, 0)}
+PROGRESS_S = 10  # seconds between progress lines of extract_features
 MHEAD_DIMS = 9000  # CIFAR ResNets: a square grid g = round(sqrt(9000 / C)), at most the map's size
 
 
@@ -228,7 +229,7 @@ def extract_features(model, loader, device, layer="embed", pool=None, autocast=N
             feats[k][index] = f
         labels[index], seen[index] = torch.as_tensor(targets).long(), 1
         done += len(index)
-        if progress and rank == 0 and time.time() - last > 10:
+        if progress and rank == 0 and time.time() - last >= PROGRESS_S:
             rate = done / (time.time() - t0)
             print(f"features: {done}/{len(shard.dataset)} images, {rate:.0f} images/s, "
                   f"ETA {(len(shard.dataset) - done) / rate:.0f} s", flush=True)

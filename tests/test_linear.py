@@ -173,3 +173,17 @@ def test_defaults_are_the_published_recipes():
     assert not head.norms["feat5"].affine and not list(head.norms.parameters())  # no wd on the norm: it has none
     w = head.fcs["feat5"].weight
     assert abs(w.std().item() - 0.01) < 1e-4 and not head.fcs["feat5"].bias.any()
+
+
+def test_extract_features_by_index_with_progress(monkeypatch, capsys):
+    model = models.ResNet10(width=8).eval()
+    x = torch.randn(10, 3, 16, 16)
+    ds = torch.utils.data.TensorDataset(x, torch.arange(10) % 3, torch.arange(10))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=[9, 2, 5, 0, 1, 3, 4, 6, 7, 8])
+    monkeypatch.setattr(features, "PROGRESS_S", 0)
+    f, labels, idx = features.extract_features(model, loader, "cpu", layer=("feat5", "avgpool"), pool="mhead")
+    assert "images/s, ETA" in capsys.readouterr().out
+    with torch.no_grad():
+        want = features.taps(model, x, ["feat5", "avgpool"], "mhead")
+    assert all(torch.allclose(f[k], want[k], atol=1e-5) for k in want)  # row i = image i
+    assert torch.equal(labels, torch.arange(10) % 3) and torch.equal(idx, torch.arange(10))
