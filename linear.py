@@ -112,11 +112,10 @@ class Lighting:
 def datasets_for(args):
     """(train with the augmentation, the same images with the val transform, val, num classes)."""
     if args.dataset == "imagenet":
-        aug = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
-        if args.head == "multi":
-            aug += [transforms.ColorJitter(0.4, 0.4, 0.4), transforms.ToTensor(), Lighting()]
-        train_tf = transforms.Compose(aug + ([] if args.head == "multi" else [transforms.ToTensor()])
-                                      + [transforms.Normalize(MEAN, STD)])
+        aug = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        if args.head == "multi":  # mmselfsup's mhead recipe adds colour jitter and PCA lighting
+            aug[2:] = [transforms.ColorJitter(0.4, 0.4, 0.4), transforms.ToTensor(), Lighting()]
+        train_tf = transforms.Compose(aug + [transforms.Normalize(MEAN, STD)])
         val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                      transforms.Normalize(MEAN, STD)])
         open_ = lambda train, tf: ImageFolderInstance.open(os.path.join(args.root, "train" if train else "val"), tf)
@@ -159,7 +158,7 @@ class Head(nn.Module):
 
 def check_frozen(backbone, reference):
     """Every tensor of the checkpoint (BN running statistics included) must be unchanged."""
-    own = features._unwrap(backbone).state_dict()
+    own = features.unwrap(backbone).state_dict()
     changed = [k for k, v in reference.items() if k in own and not torch.equal(own[k].detach().cpu(), v)]
     if changed:
         raise UserError(f"the frozen backbone changed during linear training ({len(changed)} tensors, first "

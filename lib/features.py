@@ -33,7 +33,7 @@ def cifar_grid(channels, size):
 
 # --- the network --------------------------------------------------------------------------
 
-def _unwrap(model):
+def unwrap(model):
     """The ResNet inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, in any nesting."""
     for _ in range(4):
         model = getattr(model, "_orig_mod", model)
@@ -42,7 +42,7 @@ def _unwrap(model):
 
 
 def is_cifar(model):
-    return isinstance(_unwrap(model).maxpool, nn.Identity)
+    return isinstance(unwrap(model).maxpool, nn.Identity)
 
 
 def _pool(name, x, model, pool):
@@ -65,7 +65,7 @@ def taps(model, x, layers, pool=None):
     unknown = [n for n in layers if n not in LAYERS]
     if unknown:
         raise UserError(f"unknown layer '{unknown[0]}' (choose from {', '.join(LAYERS)})")
-    m = _unwrap(model)
+    m = unwrap(model)
     want, out = set(layers), {}
     x = m.relu(m.bn1(m.conv1(x)))
     stages = [None, m.layer1, m.layer2, m.layer3, m.layer4]
@@ -86,12 +86,12 @@ def taps(model, x, layers, pool=None):
 
 def tap_dims(model, layers, size, pool="mhead"):
     """{name: feature dimension} of `layers` for size x size inputs (one dummy forward)."""
-    was = _unwrap(model).training
-    _unwrap(model).eval()
-    p = next(_unwrap(model).parameters())
+    was = unwrap(model).training
+    unwrap(model).eval()
+    p = next(unwrap(model).parameters())
     with torch.no_grad():
         out = taps(model, torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype), layers, pool)
-    _unwrap(model).train(was)
+    unwrap(model).train(was)
     return {n: v[0].numel() for n, v in out.items()}
 
 
