@@ -6,6 +6,7 @@ plain torchvision ResNet state dict; `taps` runs it and returns named intermedia
 float32 tensors written by dataset index."""
 import hashlib
 import math
+import os
 import time
 
 import torch
@@ -113,7 +114,6 @@ def infer_arch(sd):
 
 def _read(path):
     """-> (state_dict, ckpt dict or None); plain torchvision ResNet state dicts are accepted too."""
-    import os
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint file at '{path}'")
     try:
@@ -145,8 +145,8 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         raise UserError(f"'{ckpt_path}' holds a {ck_arch}, not a {arch}")
     arch = ck_arch or arch or guess_arch
     if arch not in models.IMAGENET_ARCHS + models.CIFAR_ARCHS:
-        raise UserError(f"cannot tell the architecture of '{ckpt_path}'; give one of "
-                        f"{', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
+        what = f"unknown architecture '{arch}'" if arch else f"cannot tell the architecture of '{ckpt_path}'"
+        raise UserError(f"{what}; give one of {', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
     cifar = arch in models.CIFAR_ARCHS
     width = ((ck or {}).get("args") or {}).get("width") or width or guess_width or 64
     low_dim = sd["fc.weight"].shape[0] if "fc.weight" in sd else 128
