@@ -297,11 +297,10 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
                 pool=pool or "", amp=args.amp, version=1)
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
-    if os.path.isfile(path):
-        c = torch.load(path, map_location="cpu", weights_only=True)
-        if c.get("meta") == meta:
-            print(f"=> cached {split} features from '{path}'")
-            return c["feats"], c["labels"]
+    c = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else {}
+    if all(du.all_gather_object(c.get("meta") == meta)):  # extraction is collective: all ranks or none
+        print(f"=> cached {split} features from '{path}'")
+        return c["feats"], c["labels"]
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // args.world_size),
                                          num_workers=args.workers)
     print(f"=> extracting {split} features ({len(dataset)} images, {', '.join(layers)})", flush=True)
