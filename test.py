@@ -7,6 +7,8 @@ recompute are sharded over ranks and the counts summed, so the figure equals one
 import torch
 import torch.distributed as dist
 
+from lib import features
+
 BANK_CHUNK_BYTES = 256 * 2**20  # similarity block per chunk; peak memory beyond the bank ~ 2x this
 
 
@@ -44,34 +46,15 @@ def rank_by_score(scores):
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
-def _world():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+_world = features.world
+_shard_loader = features.shard_loader
 
 
-def _shard_loader(loader):
-    """The same loader over this rank's share of the dataset (no padding: every sample once)."""
-    rank, world = _world()
-    if world == 1:
-        return loader
-    ds = torch.utils.data.Subset(loader.dataset, range(rank, len(loader.dataset), world))
-    return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                                       pin_memory=loader.pin_memory, generator=torch.Generator().manual_seed(0))
-
-
-@torch.no_grad()
 def compute_features(model, loader, device, dim, autocast=None):
-    """N x dim features of loader.dataset, written by dataset index into a new tensor."""
-    was_training = model.training
-    model.eval()
-    feats = torch.zeros(len(loader.dataset), dim, device=device)
-    for images, _, index in _shard_loader(loader):
-        with autocast() if autocast else torch.no_grad():
-            f = model(images.to(device, non_blocking=True))
-        feats[index.to(device)] = f.float()
-    if _world()[1] > 1:
-        dist.all_reduce(feats)  # each row was written by exactly one rank
-    model.train(was_training)
-    return feats
+    """N x dim features of loader.dataset, written by dataset index into a new tensor on `device`
+    (lib/features.py: sharded over ranks and gathered; the bank is never touched)."""
+    feats = features.extract_features(model, loader, device, "embed", autocast=autocast)[0]
+    return feats.to(device)
 
 
 @torch.no_grad()

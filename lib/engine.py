@@ -18,6 +18,7 @@ import torchvision
 import test as knn
 from . import checkpoint as ckpt
 from . import dist as du
+from . import export
 from . import report
 from .errors import IO_ERRORS, UserError, one_line
 from .LinearAverage import LinearAverage
@@ -54,6 +55,8 @@ def git_sha():
 
 
 def check_args(args, n_train):
+    if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
+        raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
     if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1:
         raise UserError("--low-dim, -b and --iter_size must be >= 1 and --epochs >= 0")
     if args.nce_t <= 0:
@@ -433,8 +436,10 @@ def _run(args, make_task):
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
 
     if args.evaluate:
-        res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
+        res, feats = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
+        if args.export_features or args.export_embedding:
+            export.run(args, model, feats, task, loaders[2], device, autocast, args.knn_source)
         du.cleanup(barrier=True)
         return res
 

@@ -7,8 +7,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def bare(description):
+    """A parser whose errors are one line, exit status 2 (also used by linear.py)."""
+    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def parser(description, defaults):
-    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = bare(description)
     d = defaults
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=d["epochs"], type=int, help="number of total epochs")
@@ -41,6 +46,11 @@ def parser(description, defaults):
     g.add_argument("--baselines", action="store_true",
                    help="also report the kNN of the untrained network and of raw pixels on the same split")
     g.add_argument("--retrievals", default=8, type=int, help="test images in the retrieval picture (0 = none)")
+    g.add_argument("--export-features", default=None, metavar="OUT",
+                   help="with -e/--test-only: write the 128-d train (bank, or recomputed with --knn-source "
+                        "recompute) and val features, labels and indices to OUT (.pt) and OUT's .npz")
+    g.add_argument("--export-embedding", default=0, type=int, metavar="N",
+                   help="with -e/--test-only: a TensorBoard projector embedding of N val features, labels, thumbnails")
 
     g = p.add_argument_group("run")
     g.add_argument("-j", "--workers", default=d["workers"], type=int, help="data loading workers per process")
@@ -57,6 +67,11 @@ def parser(description, defaults):
     g.add_argument("--gpu-aug", action="store_true", help="augment whole batches on --device (lib/gpu_aug.py) "
                    "instead of per image with PIL in the loader workers; same distributions")
 
+    add_distributed(p)
+    return p
+
+
+def add_distributed(p):
     g = p.add_argument_group("distributed (torchrun sets these itself)")
     g.add_argument("--world-size", default=1, type=int)
     g.add_argument("--rank", default=0, type=int)

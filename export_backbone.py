@@ -1,0 +1,43 @@
+"""Write the backbone of a checkpoint as a plain torchvision ResNet state dict (no fc, no bank):
+
+    python export_backbone.py CKPT OUT.pth
+    torchvision.models.resnet50().load_state_dict(torch.load("OUT.pth"), strict=False)  # missing: fc.* only
+
+For detectron2: python detectron2/tools/convert-torchvision-to-d2.py OUT.pth OUT.pkl (see README)."""
+import sys
+
+from lib import checkpoint as ckpt
+from lib import features, options
+from lib.errors import UserError
+
+
+def export(src, out, arch=None, width=None):
+    model, info = features.load_backbone(src, arch, width)
+    # the 128-d NPID projection is not part of a torchvision backbone (its fc is the 1000 classes)
+    sd = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    ckpt.save_atomic(sd, out)
+    return info, sd
+
+
+def main(argv=None):
+    p = options.bare(__doc__)
+    p.add_argument("checkpoint", metavar="CKPT", help="NPID checkpoint (ours or the authors')")
+    p.add_argument("out", metavar="OUT.pth")
+    p.add_argument("-a", "--arch", default=None, help="only for files that do not name it")
+    p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width, only for files that do not name it")
+    args = p.parse_args(argv)
+    try:
+        info, sd = export(args.checkpoint, args.out, args.arch, args.width)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    if info["cifar"]:  # torchvision's stem is 7x7 + max-pool: the CIFAR network needs its own
+        how = (f"models.{info['arch']}(width={info['width']}), or a torchvision ResNet with conv1 = 3x3 stride 1 "
+               "and maxpool = Identity")
+    else:
+        how = f"torchvision.models.{info['arch']}() with strict=False (missing: fc.weight, fc.bias)"
+    print(f"backbone: {info['arch']}, {len(sd)} tensors -> '{args.out}'; loads into {how}")
+
+
+if __name__ == "__main__":
+    main()

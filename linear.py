@@ -1,0 +1,402 @@
+"""Linear evaluation of a frozen NPID backbone, as the papers do it (NPID_SPEC.md section 9).
+
+python linear.py DATA --pretrained CKPT                                  # ImageNet layout, AvgPool head
+python linear.py --dataset cifar10 --data DIR --pretrained CKPT [--head multi] [--cached] [--lr-grid 0.1,1,10,30]
+
+--head avgpool: MoCo main_lincls / mmselfsup resnet50_linear (Linear on the 2048-d pooled feature);
+--head multi: mmselfsup resnet50_mhead_linear (feat1..feat5, each pooled -> BN -> Linear)."""
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision import transforms
+
+import cifar
+from datasets import ImageFolderInstance, InstanceSubset
+from lib import checkpoint as ckpt
+from lib import dist as du
+from lib import engine, features, options
+from lib.errors import UserError
+
+PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
+             "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def get_args(argv=None):
+    p = options.bare(__doc__)
+    p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
+    p.add_argument("--dataset", default=None, choices=["imagenet", *cifar.STATS],
+                   help="default: imagenet with DATA, cifar10 with --data")
+    p.add_argument("--data", default=None, help="dataset root of cifar10/cifar100/fashion-mnist")
+    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction)
+    p.add_argument("--pretrained", required=True, metavar="CKPT", help="NPID checkpoint or torchvision ResNet state dict")
+    p.add_argument("-a", "--arch", default=None, help="only for files that do not name it")
+    p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width, only for files that do not name it")
+    p.add_argument("--train-subset", default=0, type=int, help="use this many training images only (fixed seed)")
+    p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
+    g = p.add_argument_group("protocol (defaults: the --head's published recipe)")
+    g.add_argument("--head", default="avgpool", choices=list(PROTOCOLS))
+    g.add_argument("--taps", default="feat1,feat2,feat3,feat4,feat5", help="--head multi: which taps get a head")
+    g.add_argument("--epochs", default=None, type=int, help="100 (avgpool) / 90 (multi)")
+    g.add_argument("--lr", default=None, type=float, help="30 (avgpool) / 0.01 (multi)")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=float, help="0 / 1e-4")
+    g.add_argument("--schedule", default=None, help="epochs where the lr drops x0.1: 60,80 / 30,60")
+    g.add_argument("--momentum", default=0.9, type=float)
+    g.add_argument("-b", "--batch-size", default=256, type=int, help="global batch size")
+    g.add_argument("--lr-grid", default=None, help="e.g. 0.1,1,10,30: choose the lr on a held-out part of "
+                   "the training set, retrain on all of it, evaluate on the test set once")
+    g.add_argument("--holdout", default=0.1, type=float, help="fraction of the training set held out by --lr-grid")
+    g.add_argument("--cached", action="store_true", help="train on features of the un-augmented images, "
+                   "extracted once (the CPU-practical variant; the published figures used augmentation)")
+    g.add_argument("--cache-dir", default=None, help="default: CHECKPOINT_DIR/cache")
+    g = p.add_argument_group("run")
+    g.add_argument("-j", "--workers", default=4, type=int)
+    g.add_argument("-p", "--print-freq", default=50, type=int)
+    g.add_argument("--checkpoint-dir", default="checkpoints/linear", help="the head's checkpoints (auto-resume)")
+    g.add_argument("--no-auto-resume", action="store_true")
+    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone")
+    options.add_distributed(p)
+    args = p.parse_args(argv)
+    args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
+    for k, v in PROTOCOLS[args.head].items():  # what the user did not set comes from the recipe
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
+def check_args(args):
+    if args.dataset == "imagenet" and not args.root:
+        p = "give DATA (ImageNet layout)" if not args.data else "for --data give --dataset cifar10|cifar100|fashion-mnist"
+        raise UserError(f"linear.py: {p}")
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.weight_decay < 0:
+        raise UserError("--epochs and -b must be >= 1, --lr > 0 and --wd >= 0")
+    if args.batch_size % args.world_size:
+        raise UserError(f"-b {args.batch_size} must be divisible by the {args.world_size} processes")
+    try:
+        args.milestones = [int(m) for m in args.schedule.split(",") if m.strip()]
+        args.grid = [float(v) for v in args.lr_grid.split(",")] if args.lr_grid else []
+    except ValueError:
+        raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
+                        f"'{args.lr_grid}')") from None
+    bad = [t for t in args.taps.split(",") if t not in features.HEADS]
+    if args.head == "multi" and bad:
+        raise UserError(f"--taps: unknown layer '{bad[0]}' (choose from {', '.join(features.HEADS)})")
+    if not 0 < args.holdout < 1:
+        raise UserError(f"--holdout must be in (0, 1) (got {args.holdout})")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+class Lighting:
+    """AlexNet PCA lighting noise (mmselfsup's mhead recipe), on a [0, 1] tensor."""
+    EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+    def __call__(self, img):
+        alpha = torch.randn(3) * 0.1
+        return img + (self.EIGVEC @ (alpha * self.EIGVAL))[:, None, None]
+
+
+def datasets_for(args):
+    """(train with the augmentation, the same images with the val transform, val, num classes)."""
+    if args.dataset == "imagenet":
+        aug = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        if args.head == "multi":  # mmselfsup's mhead recipe adds colour jitter and PCA lighting
+            aug[2:] = [transforms.ColorJitter(0.4, 0.4, 0.4), transforms.ToTensor(), Lighting()]
+        train_tf = transforms.Compose(aug + [transforms.Normalize(MEAN, STD)])
+        val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                     transforms.Normalize(MEAN, STD)])
+        open_ = lambda train, tf: ImageFolderInstance.open(os.path.join(args.root, "train" if train else "val"), tf)
+    else:  # native size: RandomResizedCrop + flip for training, the plain image for evaluation
+        mean, std = cifar.STATS[args.dataset]
+        size = cifar.NATIVE_SIZE[args.dataset]
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                       transforms.ToTensor(), transforms.Normalize(mean, std)])
+        val_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+        open_ = lambda train, tf: cifar.OPEN[args.dataset](args.data, train=train, transform=tf, download=args.download)
+    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=0)
+    train, train_eval = sub(open_(True, train_tf), args.train_subset), sub(open_(True, val_tf), args.train_subset)
+    val = sub(open_(False, val_tf), args.test_subset)
+    return train, train_eval, val, int(max(map(int, train_eval.targets))) + 1
+
+
+def holdout_split(n, frac, seed):
+    """(fit indices, held-out indices): a fixed random split of the training set."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, int(round(n * frac)))
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+# --- the head -----------------------------------------------------------------------------
+
+class Head(nn.Module):
+    """One Linear per tap, N(0, 0.01) and bias 0; with `norm`, BatchNorm1d(affine=False) before it."""
+
+    def __init__(self, dims, num_classes, norm):
+        super().__init__()
+        self.norms = nn.ModuleDict({n: nn.BatchNorm1d(d, affine=False) if norm else nn.Identity() for n, d in dims.items()})
+        self.fcs = nn.ModuleDict({n: nn.Linear(d, num_classes) for n, d in dims.items()})
+        for fc in self.fcs.values():
+            nn.init.normal_(fc.weight, 0, 0.01)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, feats):
+        return {n: fc(self.norms[n](feats[n].float())) for n, fc in self.fcs.items()}
+
+
+def check_frozen(backbone, reference):
+    """Every tensor of the checkpoint (BN running statistics included) must be unchanged."""
+    own = features.unwrap(backbone).state_dict()
+    changed = [k for k, v in reference.items() if k in own and not torch.equal(own[k].detach().cpu(), v)]
+    if changed:
+        raise UserError(f"the frozen backbone changed during linear training ({len(changed)} tensors, first "
+                        f"{changed[0]}); the evaluation is invalid")
+
+
+# --- batches: from the backbone (end to end) or from cached features -------------------------
+
+class LoaderBatches:
+    def __init__(self, backbone, loader, layers, pool, device, autocast):
+        self.backbone, self.loader, self.layers, self.pool = backbone, loader, layers, pool
+        self.device, self.autocast = device, autocast
+
+    def __len__(self):
+        return len(self.loader)
+
+    def epoch(self, epoch):
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        for x, y, _ in self.loader:
+            with torch.no_grad(), self.autocast() if self.autocast else contextlib.nullcontext():
+                f = features.taps(self.backbone, x.to(self.device, non_blocking=True), self.layers, self.pool)
+            yield {k: v.float() for k, v in f.items()}, y.to(self.device)
+
+
+class CachedBatches:
+    def __init__(self, feats, labels, idx, batch_size, device, shuffle, seed):
+        self.feats, self.labels, self.idx = feats, labels, torch.as_tensor(idx)
+        self.bs, self.device, self.shuffle, self.seed = batch_size, device, shuffle, seed
+
+    def __len__(self):
+        return math.ceil(len(self.idx) / self.bs)
+
+    def epoch(self, epoch):
+        order = self.idx
+        if self.shuffle:  # a fixed order per (seed, epoch): a resumed run sees the same batches
+            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed * 9973 + epoch))]
+        for a in range(0, len(order), self.bs):
+            i = order[a:a + self.bs]
+            yield {k: v[i].to(self.device) for k, v in self.feats.items()}, self.labels[i].to(self.device)
+
+
+def train_epoch(head, batches, optimizer, epoch, args):
+    head.train()
+    total, n = 0.0, 0
+    for i, (f, y) in enumerate(batches.epoch(epoch)):
+        loss = sum(F.cross_entropy(z, y) for z in head(f).values())  # multi: the heads' CEs summed
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, n = total + loss.item(), n + 1
+        if (i + 1) % args.print_freq == 0:
+            print(f"Epoch: [{epoch}][{i + 1}/{len(batches)}]\tLoss {loss.item():.4f} ({total / n:.4f})", flush=True)
+    if not math.isfinite(total):
+        raise UserError(f"the linear head's loss became {total} at epoch {epoch} (lr too high?)")
+    return total / max(1, n)
+
+
+@torch.no_grad()
+def evaluate(head, batches, num_classes, reduce):
+    """{tap: (top1, top5 or None)} in percent; `reduce`: the batches are this rank's shard."""
+    head.eval()
+    counts = {}
+    for f, y in batches.epoch(0):
+        for name, z in head(f).items():
+            hit = z.topk(min(5, num_classes), dim=1).indices.eq(y[:, None])
+            c = counts.setdefault(name, torch.zeros(3, dtype=torch.float64, device=y.device))
+            c += torch.tensor([len(y), hit[:, 0].sum().item(), hit.any(1).sum().item()], dtype=torch.float64, device=y.device)
+    out = {}
+    for name, c in counts.items():
+        if reduce and du.is_dist():
+            torch.distributed.all_reduce(c)
+        total, top1, top5 = c.tolist()
+        out[name] = (100 * top1 / total, 100 * top5 / total if num_classes >= 5 else None)
+    return out
+
+
+def fmt(res):
+    return "  ".join(f"{n} top1 {a:.2f}" + (f" top5 {b:.2f}" if b is not None else "") for n, (a, b) in res.items())
+
+
+# --- one training of a head, resumable --------------------------------------------------------
+
+def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, reduce):
+    """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
+    torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
+    head = Head(dims, num_classes, norm=args.head == "multi").to(args.device)
+    train_head = head
+    if args.distributed and not args.cached:  # cached: every rank trains the same head on all features
+        train_head = nn.parallel.DistributedDataParallel(head, device_ids=[torch.device(args.device).index]
+                                                         if args.device.startswith("cuda") else None)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                          nesterov=args.nesterov)
+    path = os.path.join(args.checkpoint_dir, f"linear-{tag}.pth")
+    run_id = dict(pretrained=args.sha256, head=args.head, lr=lr, epochs=args.epochs, cached=args.cached,
+                  dataset=args.dataset, wd=args.weight_decay, milestones=args.milestones, b=args.batch_size)
+    start, res = 0, None
+    if os.path.isfile(path) and not args.no_auto_resume:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["run"] != run_id:
+            raise UserError(f"'{path}' belongs to another run ({ck['run']}); use --no-auto-resume or another "
+                            "--checkpoint-dir")
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optimizer"])
+        start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
+        print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
+    for epoch in range(start, args.epochs):
+        lr_now = lr * 0.1 ** sum(epoch >= m for m in args.milestones)
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        t0 = time.time()
+        loss = train_epoch(train_head, train_b, opt, epoch, args)
+        if epoch == start:  # after the first epoch: the backbone (BN buffers included) is untouched
+            check_frozen(backbone, reference)
+        res = evaluate(head, val_b, num_classes, reduce)
+        print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
+        if du.is_main_process():
+            ckpt.save_atomic({"run": run_id, "epoch": epoch + 1, "head": head.state_dict(),
+                              "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()},
+                              "args": engine.plain_args(args)}, path)
+            writer.add_scalar(f"{tag}/loss", loss, epoch)
+            for n, (a, b) in res.items():
+                writer.add_scalar(f"{tag}/{n}_top1", a, epoch)
+                if b is not None:
+                    writer.add_scalar(f"{tag}/{n}_top5", b, epoch)
+            writer.flush()
+    return res
+
+
+# --- cached features ------------------------------------------------------------------------
+
+def cached(args, backbone, split, dataset, layers, pool, autocast):
+    """{layer: N x D}, labels of `dataset` (val transform), from --cache-dir when it matches."""
+    meta = dict(pretrained=args.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
+                split=split, n=len(dataset), subset=[args.train_subset, args.test_subset], layers=list(layers),
+                pool=pool or "", amp=args.amp, version=1)
+    key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
+    c = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else {}
+    if all(du.all_gather_object(c.get("meta") == meta)):  # extraction is collective: all ranks or none
+        print(f"=> cached {split} features from '{path}'")
+        return c["feats"], c["labels"]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // args.world_size),
+                                         num_workers=args.workers)
+    print(f"=> extracting {split} features ({len(dataset)} images, {', '.join(layers)})", flush=True)
+    feats, labels, _ = features.extract_features(backbone, loader, args.device, tuple(layers), pool, autocast)
+    if du.is_main_process():
+        ckpt.save_atomic({"meta": meta, "feats": feats, "labels": labels}, path)
+    return feats, labels
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def loader_for(ds, args, train):
+    W, R = args.world_size, args.rank
+    common = dict(batch_size=max(1, args.batch_size // W), num_workers=args.workers,
+                  pin_memory=args.device.startswith("cuda"), persistent_workers=args.workers > 0)
+    if train:  # each image's crop drawn from (seed, epoch, index), as in training: resumes see the same
+        sampler = engine.SeededSampler(torch.utils.data.DistributedSampler(ds, W, R, shuffle=True, seed=args.seed))
+        return torch.utils.data.DataLoader(engine.SeededDataset(ds, args.seed), sampler=sampler, **common)
+    return features.shard_loader(torch.utils.data.DataLoader(ds, **common))
+
+
+def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
+    """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
+    training set (eval on the un-augmented images), 'final' = whole training set / test set."""
+    fit_idx, held_idx = holdout_split(len(train), args.holdout, args.seed)
+    if args.cached:
+        trf, trl = cached(args, backbone, "train", train_eval, layers, pool, autocast)
+        vaf, val_l = cached(args, backbone, "val", val, layers, pool, autocast)
+        cb = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
+        parts = {"grid": lambda: (cb(trf, trl, fit_idx, True), cb(trf, trl, held_idx, False)),
+                 "final": lambda: (cb(trf, trl, range(len(trl)), True), cb(vaf, val_l, range(len(val_l)), False))}
+    else:
+        lb = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
+        parts = {"grid": lambda: (lb(InstanceSubset(train, fit_idx), True), lb(InstanceSubset(train_eval, held_idx), False)),
+                 "final": lambda: (lb(train, True), lb(val, False))}
+    return lambda part: parts[part]()
+
+
+def _run(args):
+    du.init_distributed_mode(args)
+    check_args(args)
+    print(f"git: {engine.git_sha()}")
+    print("args: " + json.dumps(engine.plain_args(args), sort_keys=True))
+    args.cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, "cache")
+    backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
+    args.sha256 = info["sha256"]
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    if info["cifar"] != (args.dataset != "imagenet"):
+        raise UserError(f"'{args.pretrained}' holds a {info['arch']}, which does not fit --dataset {args.dataset} "
+                        f"({'CIFAR ResNets take' if info['cifar'] else 'ImageNet ResNets take'} "
+                        f"{'cifar10/cifar100/fashion-mnist' if info['cifar'] else 'imagenet'})")
+    train, train_eval, val, C = datasets_for(args)
+    layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
+    size = 224 if args.dataset == "imagenet" else cifar.NATIVE_SIZE[args.dataset]
+    dims = features.tap_dims(backbone, layers, size, pool or "avg")
+    print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
+          + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
+    autocast = engine.amp_context(args, torch.device(args.device))
+    writer = None
+    if du.is_main_process():
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
+    reduce = not args.cached
+    lr = args.lr
+    if args.grid:  # chosen on held-out training images, never on the test set
+        held = {}
+        for g in args.grid:
+            res = fit(args, f"grid-lr{g:g}", dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce)
+            held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
+        lr = max(held, key=held.get)
+        print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
+              + f"; chosen lr {lr:g}")
+    res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
+              writer, reduce)
+    if writer:
+        writer.close()
+    tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"
+    for name, (a, b) in res.items():
+        top5 = f"{b:.2f}" if b is not None else "-"
+        print(f"linear{'' if args.head == 'avgpool' else f'[{name}]'}: top1={a:.2f} top5={top5} {tail}", flush=True)
+    du.cleanup(barrier=True)
+    return res
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        return _run(args)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        du.cleanup()
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

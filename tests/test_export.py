@@ -1,0 +1,93 @@
+"""Export: --export-features / --export-embedding of an evaluation run, and export_backbone.py into
+torchvision's ResNet, each read back and compared with features recomputed here."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import cifar
+import export_backbone
+import models
+from lib import checkpoint as ckpt
+from lib import features
+from test_linear import tiny_ckpt  # noqa: F401  (the shared module fixture)
+
+
+def run_main(fn, capsys, *argv):
+    capsys.readouterr()
+    try:
+        fn([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("source", ["recompute", "bank"])
+def test_exported_features_equal_recomputed_ones(source, cifar_dir, tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "feats.pt"
+    code, stdout, err = run_main(cifar.main, capsys, "--data", cifar_dir, "--resume", tiny_ckpt, "--test-only",
+                                 "--arch", "ResNet10", "--width", "8", "-j", "0", "--knn-source", source,
+                                 "--export-features", out, "--export-embedding", "16",
+                                 "--checkpoint-dir", tmp_path / "ev")
+    assert code == 0, err
+    d = torch.load(out, weights_only=True)  # plain data
+    z = np.load(tmp_path / "feats.npz")  # no pickle needed
+    model, _ = features.load_backbone(str(tiny_ckpt))
+    args = cifar.get_args(["--data", cifar_dir])
+    _, test_tf = cifar.transforms_for(args)
+    for split, train in (("train", True), ("val", False)):
+        ds = cifar.CIFAR10Instance.open(cifar_dir, train=train, transform=test_tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64)
+        f, labels, idx = features.extract_features(model, loader, "cpu")
+        want = f if split == "val" or source == "recompute" else \
+            torch.load(tiny_ckpt, weights_only=True)["memory"]["memory"]
+        assert torch.allclose(d[f"{split}_features"], want, atol=1e-6), split
+        assert torch.equal(d[f"{split}_labels"], labels) and torch.equal(d[f"{split}_indices"], idx)
+        assert np.array_equal(z[f"{split}_features"], d[f"{split}_features"].numpy())
+        assert np.array_equal(z[f"{split}_labels"], labels.numpy())
+    assert d["train_source"] == source and d["train_features"].shape == (200, 128)
+    assert (tmp_path / "ev" / "tb" / "projector_config.pbtxt").is_file()
+
+
+def test_export_without_evaluation_is_refused(cifar_dir, tmp_path, capsys):
+    code, _, err = run_main(cifar.main, capsys, "--data", cifar_dir, "--export-features", tmp_path / "f.pt",
+                            "--checkpoint-dir", tmp_path)
+    assert code == 2 and err.strip().startswith("error: --export-features") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_backbone_loads_in_torchvision_with_the_same_features(arch, tmp_path, capsys):
+    torch.manual_seed(0)
+    net = models.__dict__[arch]()
+    for m in net.modules():  # non-trivial BN statistics, so that a dropped buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt.save_atomic({"epoch": 3, "arch": arch, "state_dict": net.state_dict(), "args": {}}, tmp_path / "npid.pth")
+    code, out, err = run_main(export_backbone.main, capsys, tmp_path / "npid.pth", tmp_path / "bb.pth")
+    assert code == 0 and "missing: fc.weight, fc.bias" in out, err
+    sd = torch.load(tmp_path / "bb.pth", weights_only=True)
+    tv = torchvision.models.__dict__[arch]()
+    res = tv.load_state_dict(sd, strict=False)
+    assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = features.taps(net.eval(), x, ["avgpool"])["avgpool"]
+        assert torch.allclose(tv.eval()(x), ours, atol=1e-5)
+    # and back: the exported file (no fc) is itself a backbone load_backbone reads
+    model, info = features.load_backbone(str(tmp_path / "bb.pth"))
+    assert info["arch"] == arch and info["source"] == "torchvision" and not info["has_fc"]
+    with torch.no_grad():
+        assert torch.allclose(features.taps(model, x, ["avgpool"])["avgpool"], ours, atol=1e-5)
+
+
+def test_export_backbone_bad_input(tmp_path, capsys):
+    torch.save({"model": {}}, tmp_path / "foreign.pth")
+    for src, msg in ((tmp_path / "missing.pth", "no checkpoint file at"),
+                     (tmp_path / "foreign.pth", "is not an NPID checkpoint")):
+        code, _, err = run_main(export_backbone.main, capsys, src, tmp_path / "out.pth")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+    assert not (tmp_path / "out.pth").exists()
