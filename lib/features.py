@@ -1,0 +1,248 @@
+# STAND-IN, replaced by issue9's module (a snapshot of the issue9 branch's work in progress, taken
+# 2026-11-29 15:10 UTC, so that svm.py builds against the real interface; the lead merges theirs).
+"""The one feature extractor behind every evaluation (kNN recompute, linear probes, SVMs, export).
+
+`load_backbone` builds the right network for a checkpoint of this repo, the authors' files or a
+plain torchvision ResNet state dict; `taps` runs it and returns named intermediate outputs;
+`extract_features` runs it over a loader (sharded over torchrun ranks, gathered) into N x D
+float32 tensors written by dataset index."""
+import hashlib
+import math
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import models
+from . import checkpoint as ckpt
+from .errors import UserError
+
+LAYERS = ("feat1", "feat2", "feat3", "feat4", "feat5", "avgpool", "embed")
+HEADS = LAYERS[:5]
+# mmselfsup resnet50_mhead_linear: AvgPool2d (kernel, stride, padding) per tap, for 224-px inputs
+MHEAD_224 = {"feat1": (10, 10, 4), "feat2": (16, 8, 0), "feat3": (13, 5, 0), "feat4": (8, 3, 0), "feat5": (6, 1, 0)}
+MHEAD_DIMS = 9000  # CIFAR ResNets: a square grid g = round(sqrt(9000 / C)), at most the map's size
+
+
+def cifar_grid(channels, size):
+    """The CIFAR tap grid: 64 ch -> 12x12, 128 -> 8x8, 256 -> 6x6, 512 -> 4x4, 1024 -> 3x3, 2048 -> 2x2
+    (the same grids as the ImageNet table's, about 8-9k dims per head), never finer than the map."""
+    return max(1, min(size, round(math.sqrt(MHEAD_DIMS / channels))))
+
+
+# --- the network --------------------------------------------------------------------------
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP, torch.compile
+        model = getattr(model, "_orig_mod", None) or model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def is_cifar(model):
+    return isinstance(_unwrap(model).maxpool, nn.Identity)
+
+
+def _pool(name, x, model, pool):
+    if pool is None or name not in HEADS:
+        return x.flatten(1)
+    if pool == "avg":
+        return x.mean((2, 3))
+    if pool != "mhead":
+        raise UserError(f"unknown pooling '{pool}' (None, 'avg' or 'mhead')")
+    if is_cifar(model):
+        g = cifar_grid(x.shape[1], x.shape[2])
+        return F.adaptive_avg_pool2d(x, g).flatten(1)
+    k, s, p = MHEAD_224[name]
+    return F.avg_pool2d(x, k, s, p).flatten(1)
+
+
+def taps(model, x, layers, pool=None):
+    """{name: output} for the requested `layers` (see LAYERS); the forward stops at the last one
+    needed. With pool='mhead' (or 'avg'), feat1-5 come pooled and flattened (`pool` None: the maps)."""
+    unknown = [n for n in layers if n not in LAYERS]
+    if unknown:
+        raise UserError(f"unknown layer '{unknown[0]}' (choose from {', '.join(LAYERS)})")
+    m = _unwrap(model)
+    want, out = set(layers), {}
+    x = m.relu(m.bn1(m.conv1(x)))
+    stages = [None, m.layer1, m.layer2, m.layer3, m.layer4]
+    for i, stage in enumerate(stages, 1):
+        if i == 2:
+            x = m.maxpool(x)
+        x = x if stage is None else stage(x)
+        if f"feat{i}" in want:
+            out[f"feat{i}"] = x if pool is None else _pool(f"feat{i}", x, m, pool)
+        if want <= set(out):
+            return out
+    x = torch.flatten(m.avgpool(x), 1)
+    out["avgpool"] = x
+    if "embed" in want:
+        out["embed"] = F.normalize(m.fc(x).float(), dim=1)
+    return {n: out[n] for n in layers}
+
+
+def tap_dims(model, layers, size, pool="mhead"):
+    """{name: feature dimension} of `layers` for size x size inputs (one dummy forward)."""
+    was = _unwrap(model).training
+    _unwrap(model).eval()
+    p = next(_unwrap(model).parameters())
+    with torch.no_grad():
+        out = taps(model, torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype), layers, pool)
+    _unwrap(model).train(was)
+    return {n: v[0].numel() for n, v in out.items()}
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_DEPTH = {(1, 1, 1, 1, False): 10, (2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
+          (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}
+
+
+def infer_arch(sd):
+    """(arch, width) from the shapes of a ResNet state dict: stem kernel 3 = CIFAR, 7 = ImageNet."""
+    blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    depth = _DEPTH.get(blocks + ("layer1.0.conv3.weight" in sd,))
+    cifar = sd["conv1.weight"].shape[-1] == 3
+    if depth is None or (depth == 10 and not cifar):
+        return None, None
+    return (f"ResNet{depth}" if cifar else f"resnet{depth}"), int(sd["conv1.weight"].shape[0])
+
+
+def _read(path):
+    """-> (state_dict, ckpt dict or None); plain torchvision ResNet state dicts are accepted too."""
+    import os
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint file at '{path}'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        obj = None  # legacy or foreign: lib/checkpoint decides, with its own message
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        if "conv1.weight" not in sd:
+            raise UserError(f"'{path}' is a state dict but not of a ResNet (no conv1.weight)")
+        return sd, None
+    try:
+        ck = ckpt.load(path)
+    except UserError as e:
+        raise UserError(str(e).removeprefix("--resume: ")) from None
+    if "conv1.weight" not in ck["state_dict"]:
+        raise UserError(f"'{path}' does not hold a ResNet backbone (no conv1.weight)")
+    return ck["state_dict"], ck
+
+
+def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
+    """(model in eval mode, info) for a checkpoint; info: arch, width, low_dim, cifar, source
+    ('npid' or 'torchvision'), epoch, args, path, sha256 (of the file) and state_dict (the file's
+    tensors, for the frozen-backbone check)."""
+    sd, ck = _read(ckpt_path)
+    guess_arch, guess_width = infer_arch(sd)
+    ck_arch = (ck or {}).get("arch")
+    if ck_arch and arch and ck_arch != arch:
+        raise UserError(f"'{ckpt_path}' holds a {ck_arch}, not a {arch}")
+    arch = ck_arch or arch or guess_arch
+    if arch not in models.IMAGENET_ARCHS + models.CIFAR_ARCHS:
+        raise UserError(f"cannot tell the architecture of '{ckpt_path}'; give one of "
+                        f"{', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
+    cifar = arch in models.CIFAR_ARCHS
+    width = ((ck or {}).get("args") or {}).get("width") or width or guess_width or 64
+    low_dim = sd["fc.weight"].shape[0] if "fc.weight" in sd else 128
+    model = models.__dict__[arch](low_dim=low_dim, **({"width": width} if cifar else {}))
+    own = model.state_dict()
+    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
+               and not (ck is None and k.startswith("fc."))]  # a torchvision file may come without fc
+    unexpected = [k for k in sd if k not in own]
+    if bad or missing or unexpected:
+        what = (f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad else
+                f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+        raise UserError(f"'{ckpt_path}' does not fit {arch}" + (f" width {width}" if cifar else "") + f" ({what})")
+    model.load_state_dict(sd, strict=False)
+    with open(ckpt_path, "rb") as f:
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    info = dict(arch=arch, width=width if cifar else None, low_dim=low_dim, cifar=cifar,
+                source="npid" if ck is not None else "torchvision", epoch=(ck or {}).get("epoch"),
+                args=(ck or {}).get("args") or {}, path=ckpt_path, sha256=sha, state_dict=sd,
+                has_fc="fc.weight" in sd)
+    return model.to(device).eval(), info
+
+
+# --- extraction ---------------------------------------------------------------------------
+
+def world():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def shard_loader(loader):
+    """The same loader over this rank's share of the dataset (no padding: every sample once)."""
+    rank, n = world()
+    if n == 1:
+        return loader
+    ds = torch.utils.data.Subset(loader.dataset, range(rank, len(loader.dataset), n))
+    return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                                       pin_memory=loader.pin_memory, generator=torch.Generator().manual_seed(0))
+
+
+def _sum_over_ranks(t, device):
+    """Each row was written by exactly one rank, the others hold zeros: a sum gathers them. NCCL
+    needs device tensors, so it goes over in row chunks of ~256 MB."""
+    if world()[1] == 1:
+        return t
+    if dist.get_backend() != "nccl":
+        dist.all_reduce(t)
+        return t
+    step = max(1, 2**26 // max(1, t[0].numel()))
+    for a in range(0, len(t), step):
+        c = t[a:a + step].to(device)
+        dist.all_reduce(c)
+        t[a:a + step] = c.cpu()
+    return t
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, layer="embed", pool=None, autocast=None, progress=True):
+    """(feats float32 N x D on the CPU, labels long N, indices long N) of loader.dataset, whose
+    loader yields (img, target, index); row i is dataset index i. `layer` a name of LAYERS (or a
+    tuple of names: feats is then {name: N x D}); 'embed' calls model(x) itself, so any module
+    returning the embedding works. Sharded over torchrun ranks and gathered on every rank."""
+    names = (layer,) if isinstance(layer, str) else tuple(layer)
+    unknown = [n for n in names if n not in LAYERS]
+    if unknown:
+        raise UserError(f"unknown layer '{unknown[0]}' (choose from {', '.join(LAYERS)})")
+    was_training = model.training
+    model.eval()
+    n = len(loader.dataset)
+    feats, labels, seen = {}, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    rank, t0, last, done = world()[0], time.time(), time.time(), 0
+    shard = shard_loader(loader)
+    for images, targets, index in shard:
+        images = images.to(device, non_blocking=True)
+        with autocast() if autocast else torch.no_grad():
+            out = {"embed": model(images)} if names == ("embed",) else taps(model, images, names, pool)
+        for k in names:
+            f = out[k].flatten(1).float().cpu()
+            if k not in feats:
+                feats[k] = torch.zeros(n, f.shape[1])
+            feats[k][index] = f
+        labels[index], seen[index] = torch.as_tensor(targets).long(), 1
+        done += len(index)
+        if progress and rank == 0 and time.time() - last > 10:
+            rate = done / (time.time() - t0)
+            print(f"features: {done}/{len(shard.dataset)} images, {rate:.0f} images/s, "
+                  f"ETA {(len(shard.dataset) - done) / rate:.0f} s", flush=True)
+            last = time.time()
+    if world()[1] > 1:  # a rank without samples still needs the width of every tensor
+        dims = torch.tensor([feats[k].shape[1] if k in feats else 0 for k in names], device=device)
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX)
+        for k, d in zip(names, dims.tolist()):
+            feats.setdefault(k, torch.zeros(n, d))
+            _sum_over_ranks(feats[k], device)
+        _sum_over_ranks(labels, device)
+        _sum_over_ranks(seen, device)
+    model.train(was_training)
+    if not bool((seen == 1).all()):
+        raise RuntimeError("extract_features: some dataset indices were never (or twice) seen")
+    feats = {k: feats.get(k, torch.zeros(n, 0)) for k in names}
+    return (feats[names[0]] if isinstance(layer, str) else feats), labels, torch.arange(n)
