@@ -5,12 +5,10 @@ FAIR's benchmark / mmselfsup; see lib/svm.py), on VOC 2007 or any single-label d
 import argparse
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import ConvergenceWarning
 from torchvision import transforms
 
 import cifar
@@ -52,6 +50,7 @@ def get_args(argv=None):
     p.add_argument("--svm-train-subset", default=0, type=int, help="single-label: fit the full SVM on this many "
                    "of the training images (a fixed random subset; kNN and low-shot draws use all of them)")
     p.add_argument("--test-subset", default=0, type=int, help="single-label: evaluate on this many test images only")
+    p.add_argument("--jobs", default=1, type=int, help="processes fitting the SVMs of different classes at once")
     p.add_argument("-b", "--batch-size", default=128, type=int)
     p.add_argument("-j", "--workers", default=2, type=int)
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
@@ -122,9 +121,6 @@ def knn_top1(x_train, y_train, x_test, y_test, num_classes, k, sigma):
 
 
 def run(args):
-    # liblinear stops at max_iter=2000 on the larger costs, as it does in the benchmark: one
-    # warning per fit would bury the results
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     if args.layer not in features.LAYERS:
         raise UserError(f"unknown --layer '{args.layer}' (choose from {', '.join(features.LAYERS)})")
     costs = parse_list(args.costs, "--costs") + (list(svm.SMALL_COSTS) if args.benchmark_costs else [])
@@ -173,14 +169,14 @@ def run(args):
         rows = np.arange(len(x_train))
         if args.svm_train_subset and args.svm_train_subset < len(rows):
             rows = np.sort(np.random.default_rng(args.seed).permutation(len(rows))[:args.svm_train_subset])
-        res = svm.svm_full(x_train[rows], t_train[rows], x_test, t_test, costs, args.folds)
+        res = svm.svm_full(x_train[rows], t_train[rows], x_test, t_test, costs, args.folds, args.jobs)
         print("svm: AP per class " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
               "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  ({time.time() - t1:.1f} s)")
         top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single else "-"
         print(f"svm: mAP={100 * np.nanmean(res['ap']):.2f} top1={top1} layer={layer}")
     if args.lowshot and ks:
         t1 = time.time()
-        res = svm.svm_lowshot(x_train, t_train, x_test, t_test, ks, costs, args.samples, args.seed, single)
+        res = svm.svm_lowshot(x_train, t_train, x_test, t_test, ks, costs, args.samples, args.seed, single, args.jobs)
         for k, r in res.items():
             print(f"lowshot k={k}: mean {r['mean']:.2f} min {r['min']:.2f} max {r['max']:.2f} std {r['std']:.2f} "
                   f"(C={r['cost']:g}, the cost with the best mean over {args.samples} samples)")

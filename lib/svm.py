@@ -4,7 +4,12 @@ run them for the VOC07 and low-shot figures. Pure numpy / scikit-learn: no netwo
 
 Targets are an N x C int matrix with VOC's three states: 1 present, 0 absent, -1 "difficult"
 (only difficult objects of that class). A single-label dataset is its one-hot matrix (no -1)."""
+import contextlib
+import warnings
+
 import numpy as np
+from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
@@ -22,9 +27,11 @@ def normalize(x):
 
 
 def make_svm(cost):
-    """The classifier of train_svm_kfold.py and train_svm_low_shot.py, setting for setting."""
+    """The classifier of train_svm_kfold.py and train_svm_low_shot.py, setting for setting, except
+    random_state: they leave liblinear's coordinate order random (their --random_seed is never
+    used), so their figures vary a little from run to run; fixed here for reproducible tables."""
     return LinearSVC(C=cost, class_weight={1: 2, -1: 1}, intercept_scaling=1.0, penalty="l2",
-                     loss="squared_hinge", tol=1e-4, dual=True, max_iter=2000)
+                     loss="squared_hinge", tol=1e-4, dual=True, max_iter=2000, random_state=0)
 
 
 def voc_ap(positive, scores):
@@ -53,27 +60,46 @@ def _test_ap(clf, x_test, t):
     return voc_ap(t[keep] == 1, clf.decision_function(x_test[keep]))
 
 
-def svm_full(x_train, t_train, x_test, t_test, costs=COSTS, folds=3, log=print):
+@contextlib.contextmanager
+def _quiet():
+    """liblinear stops at max_iter=2000 on the larger costs, as it does in the benchmark: one
+    warning per fit (in each worker process) would bury the results."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@_quiet()
+def _fit_class(x_train, t, x_test, t_test, costs, folds):
+    """One class of svm_full: (cv APs per cost, chosen cost, test scores, test AP)."""
+    # train_svm_kfold.py: label 0 -> -1 and the difficult (-1) stay -1, i.e. negatives in training
+    y = np.where(t == 1, 1, -1)
+    # the CV score is scikit-learn's 'average_precision' over StratifiedKFold(folds) without
+    # shuffling (what cross_val_score(cv=3) does, as train_svm_kfold.py); the test AP is the
+    # benchmark's own (voc_ap). The first best cost wins ties (np.argmax, test_svm.py).
+    cv = [cross_val_score(make_svm(cost), x_train, y, cv=folds, scoring="average_precision").mean() for cost in costs]
+    cost = costs[int(np.argmax(cv))]
+    clf = make_svm(cost).fit(x_train, y)
+    return cv, cost, clf.decision_function(x_test), _test_ap(clf, x_test, t_test)
+
+
+def svm_full(x_train, t_train, x_test, t_test, costs=COSTS, folds=3, jobs=1, log=print):
     """Per class: C from `costs` by `folds`-fold cross-validated AP on trainval, refit on all of it,
-    score the test set. Returns dict(ap (C,), cost (C,), cv (C x costs), scores (N_test x C))."""
+    score the test set. Returns dict(ap (C,), cost (C,), cv (C x costs), scores (N_test x C)).
+    `jobs` processes share the classes (as mmselfsup's train_svm_kfold_parallel.py)."""
     num_classes = t_train.shape[1]
     out = dict(ap=np.full(num_classes, np.nan), cost=np.full(num_classes, np.nan),
                cv=np.full((num_classes, len(costs)), np.nan), scores=np.zeros((len(x_test), num_classes)))
+    todo = []
     for c in range(num_classes):
-        # train_svm_kfold.py: label 0 -> -1 and the difficult (-1) stay -1, i.e. negatives in training
-        y = np.where(t_train[:, c] == 1, 1, -1)
-        if (y == 1).sum() < folds:
-            log(f"svm: class {c} has {(y == 1).sum()} training positives (< {folds} folds): skipped")
-            continue
-        # the CV score is scikit-learn's 'average_precision' over StratifiedKFold(folds) without
-        # shuffling (what cross_val_score(cv=3) does, as train_svm_kfold.py); the test AP is the
-        # benchmark's own (voc_ap). The first best cost wins ties (np.argmax, test_svm.py).
-        out["cv"][c] = [cross_val_score(make_svm(cost), x_train, y, cv=folds, scoring="average_precision").mean()
-                        for cost in costs]
-        out["cost"][c] = costs[int(np.argmax(out["cv"][c]))]
-        clf = make_svm(out["cost"][c]).fit(x_train, y)
-        out["scores"][:, c] = clf.decision_function(x_test)
-        out["ap"][c] = _test_ap(clf, x_test, t_test[:, c])
+        if (t_train[:, c] == 1).sum() < folds:
+            log(f"svm: class {c} has {(t_train[:, c] == 1).sum()} training positives (< {folds} folds): skipped")
+        else:
+            todo.append(c)
+    res = Parallel(n_jobs=jobs)(delayed(_fit_class)(x_train, t_train[:, c], x_test, t_test[:, c], costs, folds)
+                                for c in todo)
+    for c, (cv, cost, scores, ap) in zip(todo, res):
+        out["cv"][c], out["cost"][c], out["scores"][:, c], out["ap"][c] = cv, cost, scores, ap
     return out
 
 
@@ -107,24 +133,24 @@ def lowshot_sample(t_train, k, seed, sample, single_label):
     return out
 
 
+@_quiet()
+def _fit_lowshot(x, y, x_test, t_test, cost):
+    return _test_ap(make_svm(cost).fit(x, y), x_test, t_test)
+
+
 def svm_lowshot(x_train, t_train, x_test, t_test, ks=K_VALUES, costs=COSTS, samples=SAMPLES, seed=0,
-                single_label=False):
+                single_label=False, jobs=1):
     """No cross-validation: for each k, sample and cost, the test mAP over classes
     (test_svm_low_shot.py); then the cost with the best mean over the samples is reported with
     that cost's mean / min / max / std over the samples (aggregate_low_shot_svm_stats.py; np.std,
     ddof 0). Figures in percent."""
-    res = {}
+    res, num_classes = {}, t_train.shape[1]
     for k in ks:
-        m = np.zeros((samples, len(costs)))
-        for s in range(samples):
-            sample = lowshot_sample(t_train, k, seed, s, single_label)
-            for j, cost in enumerate(costs):
-                aps = []
-                for c in range(t_train.shape[1]):
-                    rows = sample[:, c] != -1
-                    clf = make_svm(cost).fit(x_train[rows], np.where(sample[rows, c] == 1, 1, -1))
-                    aps.append(_test_ap(clf, x_test, t_test[:, c]))
-                m[s, j] = np.nanmean(aps)
+        draws = [lowshot_sample(t_train, k, seed, s, single_label) for s in range(samples)]
+        fits = [(x_train[d[:, c] != -1], np.where(d[d[:, c] != -1, c] == 1, 1, -1), c, cost)
+                for d in draws for cost in costs for c in range(num_classes)]
+        aps = Parallel(n_jobs=jobs)(delayed(_fit_lowshot)(x, y, x_test, t_test[:, c], cost) for x, y, c, cost in fits)
+        m = np.nanmean(np.reshape(aps, (samples, len(costs), num_classes)), axis=2)  # sample x cost
         best = int(np.argmax(m.mean(0)))
         v = 100 * m[:, best]
         res[k] = dict(cost=costs[best], mean=v.mean(), min=v.min(), max=v.max(), std=v.std(), samples=v.tolist())
