@@ -153,7 +153,8 @@ def svm_lowshot(x_train, t_train, x_test, t_test, ks=K_VALUES, costs=COSTS, samp
         m = np.nanmean(np.reshape(aps, (samples, len(costs), num_classes)), axis=2)  # sample x cost
         best = int(np.argmax(m.mean(0)))
         v = 100 * m[:, best]
-        res[k] = dict(cost=costs[best], mean=v.mean(), min=v.min(), max=v.max(), std=v.std(), samples=v.tolist())
+        res[k] = dict(cost=costs[best], mean=v.mean(), min=v.min(), max=v.max(), std=v.std(), samples=v.tolist(),
+                      by_cost=(100 * m.mean(0)).tolist())
     return res
 
 
