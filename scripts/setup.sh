@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! $PY - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
-import torch, torchvision, tensorboard, numpy, PIL, pytest
+import torch, torchvision, tensorboard, numpy, PIL, pytest, sklearn
 PY
 then
   echo "setup: installing requirements.txt"
