@@ -205,6 +205,14 @@ def test_svm_py_single_label(cifar_dir, tmp_path, capsys):
     assert lines[-1].startswith("lowshot: k=1:") and " k=2:" in lines[-1]
 
 
+def test_svm_py_imagenet_layout(imagenet_dir, voc, capsys):
+    svm_script.main(["--dataset", "imagenet", "--data", imagenet_dir, "--pretrained", voc[1], "--layer", "avgpool",
+                     "--costs", "0.1", "--k-list", "1,8", "--samples", "1", "-j", "0", "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "layer avgpool (512 dims)" in lines[0] and "24 train, 12 test images" in lines[1]
+    assert lines[-1].startswith("lowshot: k=1:") and " k=8:" in lines[-1]
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--layer", "feat6"], "unknown --layer 'feat6'"),
     (["--k-list", "1,96"], "--k-list: k=96 needs more images than some class has (at most k=2 here)"),
