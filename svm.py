@@ -141,7 +141,7 @@ def run(args):
         if explicit_k and max(ks) > max_k:
             raise UserError(f"--k-list: k={max(ks)} needs more images than some class has (at most k={max_k} here)")
         for k in [k for k in ks if k > max_k]:
-            print(f"lowshot: k={k} skipped: some class cannot supply it (at most k={max_k})")
+            print(f"lowshot note: k={k} skipped: some class cannot supply it (at most k={max_k})")
         ks = [k for k in ks if k <= max_k]
 
     t0 = time.time()
@@ -170,8 +170,8 @@ def run(args):
         if args.svm_train_subset and args.svm_train_subset < len(rows):
             rows = np.sort(np.random.default_rng(args.seed).permutation(len(rows))[:args.svm_train_subset])
         res = svm.svm_full(x_train[rows], t_train[rows], x_test, t_test, costs, args.folds, args.jobs)
-        print("svm: AP per class " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
-              "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  ({time.time() - t1:.1f} s)")
+        print("svm AP per class: " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
+              "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  (time {time.time() - t1:.1f} s)")
         top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single else "-"
         print(f"svm: mAP={100 * np.nanmean(res['ap']):.2f} top1={top1} layer={layer}")
     if args.lowshot and ks:
@@ -180,7 +180,7 @@ def run(args):
         for k, r in res.items():
             print(f"lowshot k={k}: mean {r['mean']:.2f} min {r['min']:.2f} max {r['max']:.2f} std {r['std']:.2f} "
                   f"(C={r['cost']:g}, the cost with the best mean over {args.samples} samples)")
-        print(f"lowshot: ({time.time() - t1:.1f} s)")
+        print(f"lowshot time: {time.time() - t1:.1f} s")
         print("lowshot: " + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()))
 
 

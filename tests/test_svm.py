@@ -185,10 +185,12 @@ def test_svm_py_on_voc07(voc):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert "layer feat5 (2048 dims)" in out  # ResNet18's feat5 pooled as the multi-head feat5: 2x2x512
-    assert "lowshot: k=4 skipped: some class cannot supply it (at most k=2)" in out
-    last = out.strip().splitlines()
-    assert [l for l in last if l.startswith("svm: mAP=")][0].endswith("top1=- layer=feat5")
-    assert last[-1].startswith("lowshot: k=1:") and " k=2:" in last[-1] and "k=4" not in last[-1]
+    assert "lowshot note: k=4 skipped: some class cannot supply it (at most k=2)" in out
+    svm_lines = [l for l in out.splitlines() if l.startswith("svm:")]  # one summary line each
+    low_lines = [l for l in out.splitlines() if l.startswith("lowshot:")]
+    assert len(svm_lines) == 1 and svm_lines[0].startswith("svm: mAP=") and svm_lines[0].endswith("top1=- layer=feat5")
+    assert len(low_lines) == 1 and low_lines[0].startswith("lowshot: k=1:") and " k=2:" in low_lines[0]
+    assert "k=4" not in low_lines[0]
 
 
 def test_svm_py_single_label(cifar_dir, tmp_path, capsys):
