@@ -1,5 +1,5 @@
-# STAND-IN, replaced by issue9's module (a snapshot of the issue9 branch's work in progress, taken
-# 2026-11-29 15:10 UTC, so that svm.py builds against the real interface; the lead merges theirs).
+# STAND-IN, replaced by issue9's module (a copy of the issue9 branch's lib/features.py at its commit
+# bfd588a, so that svm.py builds against the real interface; the lead merges theirs).
 """The one feature extractor behind every evaluation (kNN recompute, linear probes, SVMs, export).
 
 `load_backbone` builds the right network for a checkpoint of this repo, the authors' files or a
@@ -8,6 +8,7 @@ plain torchvision ResNet state dict; `taps` runs it and returns named intermedia
 float32 tensors written by dataset index."""
 import hashlib
 import math
+import os
 import time
 
 import torch
@@ -23,6 +24,7 @@ LAYERS = ("feat1", "feat2", "feat3", "feat4", "feat5", "avgpool", "embed")
 HEADS = LAYERS[:5]
 # mmselfsup resnet50_mhead_linear: AvgPool2d (kernel, stride, padding) per tap, for 224-px inputs
 MHEAD_224 = {"feat1": (10, 10, 4), "feat2": (16, 8, 0), "feat3": (13, 5, 0), "feat4": (8, 3, 0), "feat5": (6, 1, 0)}
+PROGRESS_S = 10  # seconds between progress lines of extract_features
 MHEAD_DIMS = 9000  # CIFAR ResNets: a square grid g = round(sqrt(9000 / C)), at most the map's size
 
 
@@ -34,14 +36,16 @@ def cifar_grid(channels, size):
 
 # --- the network --------------------------------------------------------------------------
 
-def _unwrap(model):
-    while hasattr(model, "module"):  # DDP, torch.compile
-        model = getattr(model, "_orig_mod", None) or model.module
-    return getattr(model, "_orig_mod", model)
+def unwrap(model):
+    """The ResNet inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, in any nesting."""
+    for _ in range(4):
+        model = getattr(model, "_orig_mod", model)
+        model = getattr(model, "module", model)
+    return model
 
 
 def is_cifar(model):
-    return isinstance(_unwrap(model).maxpool, nn.Identity)
+    return isinstance(unwrap(model).maxpool, nn.Identity)
 
 
 def _pool(name, x, model, pool):
@@ -64,7 +68,7 @@ def taps(model, x, layers, pool=None):
     unknown = [n for n in layers if n not in LAYERS]
     if unknown:
         raise UserError(f"unknown layer '{unknown[0]}' (choose from {', '.join(LAYERS)})")
-    m = _unwrap(model)
+    m = unwrap(model)
     want, out = set(layers), {}
     x = m.relu(m.bn1(m.conv1(x)))
     stages = [None, m.layer1, m.layer2, m.layer3, m.layer4]
@@ -85,12 +89,12 @@ def taps(model, x, layers, pool=None):
 
 def tap_dims(model, layers, size, pool="mhead"):
     """{name: feature dimension} of `layers` for size x size inputs (one dummy forward)."""
-    was = _unwrap(model).training
-    _unwrap(model).eval()
-    p = next(_unwrap(model).parameters())
+    was = unwrap(model).training
+    unwrap(model).eval()
+    p = next(unwrap(model).parameters())
     with torch.no_grad():
         out = taps(model, torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype), layers, pool)
-    _unwrap(model).train(was)
+    unwrap(model).train(was)
     return {n: v[0].numel() for n, v in out.items()}
 
 
@@ -112,7 +116,6 @@ def infer_arch(sd):
 
 def _read(path):
     """-> (state_dict, ckpt dict or None); plain torchvision ResNet state dicts are accepted too."""
-    import os
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint file at '{path}'")
     try:
@@ -144,8 +147,8 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         raise UserError(f"'{ckpt_path}' holds a {ck_arch}, not a {arch}")
     arch = ck_arch or arch or guess_arch
     if arch not in models.IMAGENET_ARCHS + models.CIFAR_ARCHS:
-        raise UserError(f"cannot tell the architecture of '{ckpt_path}'; give one of "
-                        f"{', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
+        what = f"unknown architecture '{arch}'" if arch else f"cannot tell the architecture of '{ckpt_path}'"
+        raise UserError(f"{what}; give one of {', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
     cifar = arch in models.CIFAR_ARCHS
     width = ((ck or {}).get("args") or {}).get("width") or width or guess_width or 64
     low_dim = sd["fc.weight"].shape[0] if "fc.weight" in sd else 128
@@ -228,7 +231,7 @@ def extract_features(model, loader, device, layer="embed", pool=None, autocast=N
             feats[k][index] = f
         labels[index], seen[index] = torch.as_tensor(targets).long(), 1
         done += len(index)
-        if progress and rank == 0 and time.time() - last > 10:
+        if progress and rank == 0 and time.time() - last >= PROGRESS_S:
             rate = done / (time.time() - t0)
             print(f"features: {done}/{len(shard.dataset)} images, {rate:.0f} images/s, "
                   f"ETA {(len(shard.dataset) - done) / rate:.0f} s", flush=True)
