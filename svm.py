@@ -73,7 +73,8 @@ def datasets(args):
         # Resize 256, then 224 x 224 (aspect ratio not kept), as mmselfsup extracts VOC07 features
         tf = transforms.Compose([transforms.Resize(256), transforms.Resize((224, 224)), transforms.ToTensor(),
                                  transforms.Normalize(imagenet.MEAN, imagenet.STD)])
-        return (VOC2007Instance(args.data, "trainval", tf), VOC2007Instance(args.data, "test", tf), imagenet.MEAN, imagenet.STD)
+        voc = lambda split: VOC2007Instance(args.data, split, tf)
+        return voc("trainval"), voc("test"), imagenet.MEAN, imagenet.STD
     if args.dataset == "imagenet":
         task = imagenet.task(imagenet.get_args([args.data]))
     else:
@@ -136,7 +137,7 @@ def run(args):
     t_train, single = targets_of(train, num_classes)
     t_test, _ = targets_of(test, num_classes)
 
-    if args.lowshot:  # checked before any feature is computed
+    if args.lowshot:  # before any feature is computed; create_places_low_shot_samples.py also skips such a k
         max_k = svm.lowshot_max_k(t_train, single)
         if explicit_k and max(ks) > max_k:
             raise UserError(f"--k-list: k={max(ks)} needs more images than some class has (at most k={max_k} here)")
@@ -154,7 +155,8 @@ def run(args):
     else:
         model, info = features.load_backbone(args.pretrained, args.arch, args.width, device)
         pool = "mhead" if args.layer in features.HEADS else None
-        x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool)[0] for d in (train, test))
+        x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool)[0]
+                           for d in (train, test))
         layer = args.layer
         print(f"features: {info['arch']} '{args.pretrained}' layer {layer} ({x_train.shape[1]} dims)")
     print(f"features: {len(x_train)} train, {len(x_test)} test images in {time.time() - t0:.1f} s")

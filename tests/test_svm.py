@@ -199,7 +199,8 @@ def test_svm_py_single_label(cifar_dir, tmp_path, capsys):
     supervised.main(["--data", cifar_dir, "--epochs", "1", "-b", "50", "--checkpoint-dir", str(tmp_path), *TINY])
     assert "supervised: top1=" in capsys.readouterr().out
     svm_script.main(["--dataset", "cifar10", "--data", cifar_dir, "--pretrained", str(tmp_path / "checkpoint.pth"),
-                     "--layer", "avgpool", "--knn", "20", "--k-list", "1,2", "--samples", "2", "-j", "0", "--device", "cpu"])
+                     "--layer", "avgpool", "--knn", "20", "--k-list", "1,2", "--samples", "2", "-j", "0",
+                     "--device", "cpu"])
     lines = capsys.readouterr().out.splitlines()
     assert any(l.startswith("knn: top1=") and l.endswith("layer=avgpool") for l in lines)
     svm_line = [l for l in lines if l.startswith("svm: mAP=")][0]
