@@ -42,8 +42,8 @@ class VOC2007Instance(torch.utils.data.Dataset):
         ids_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
         if not os.path.isfile(ids_file):
             raise UserError(f"VOC: '{ids_file}' is missing (expected the VOCdevkit/VOC2007 layout)")
-        with open(ids_file) as f:
-            self.ids = [line.split()[0] for line in f if line.strip()]
+        with open(ids_file) as f:  # sorted, as create_voc_data_files.py: the order sets the CV folds
+            self.ids = sorted(line.split()[0] for line in f if line.strip())
         self.root, self.transform = root, transform
         self.targets = np.stack([parse_annotation(os.path.join(root, "Annotations", i + ".xml")) for i in self.ids])
 
