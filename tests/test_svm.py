@@ -216,6 +216,16 @@ def test_svm_py_imagenet_layout(imagenet_dir, voc, capsys):
     assert lines[-1].startswith("lowshot: k=1:") and " k=8:" in lines[-1]
 
 
+def test_supervised_epochs_0_is_cifar_py_init(cifar_dir, tmp_path, capsys):
+    """The table's untrained row: supervised.py --epochs 0 writes the weights cifar.py starts from."""
+    import models
+    supervised.main(["--data", cifar_dir, "--epochs", "0", "--checkpoint-dir", str(tmp_path), *TINY])
+    ck = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    torch.manual_seed(0)  # engine.run: the seed, then the model
+    net = models.ResNet10(low_dim=128, width=8)
+    assert ck["arch"] == "ResNet10" and all(torch.equal(v, ck["state_dict"][k]) for k, v in net.state_dict().items())
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--layer", "feat6"], "unknown --layer 'feat6'"),
     (["--k-list", "1,96"], "--k-list: k=96 needs more images than some class has (at most k=2 here)"),
