@@ -1,0 +1,79 @@
+"""The supervised reference (an upper bound) of the Fashion-MNIST table: the network, data,
+augmentation, optimiser and schedule of cifar.py, trained with the labels (cross-entropy of a
+linear classifier on the 128-d embedding) instead of instance discrimination. Same flags as cifar.py
+(the NPID ones are unused; --nce-t scales the logits of the unit-norm embedding as NPID scales its
+similarities). `--epochs 0` writes the untrained network (the same init as cifar.py's, same seed).
+  python supervised.py --dataset fashion-mnist --train-subset 10000 --arch ResNet10 --width 16 --cos --epochs 40"""
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cifar
+from lib import checkpoint as ckpt
+from lib import engine
+from lib.errors import UserError
+
+
+@torch.no_grad()
+def accuracy(model, head, loader, device, t):
+    model.eval()
+    hits = sum((head(model(x.to(device))) / t).argmax(1).eq(y.to(device)).sum().item() for x, y, _ in loader)
+    model.train()
+    return 100.0 * hits / len(loader.dataset)
+
+
+def train(args):
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.world_size, args.rank = 1, 0
+    device = torch.device(args.device)
+    task = cifar.task(args)
+    torch.manual_seed(args.seed)  # as engine.run: the backbone gets cifar.py's initial weights
+    model = task.build_model(args.arch, args.low_dim).to(device)
+    head = nn.Linear(args.low_dim, task.num_classes).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay)
+    train_loader, _, val_loader = engine.make_loaders(task, args)
+    for epoch in range(args.epochs):
+        t0, total, n = time.time(), 0.0, 0
+        train_loader.sampler.set_epoch(epoch)
+        engine.set_lr(opt, task.lr_at(epoch, args))
+        for images, targets, _ in train_loader:
+            images, targets = images.to(device), targets.to(device)
+            if task.gpu_augment is not None:
+                images = task.gpu_augment(images)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(head(model(images)) / args.nce_t, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(targets), n + len(targets)
+        print(f"epoch {epoch}: loss {total / n:.4f}  ({time.time() - t0:.1f} s)", flush=True)
+    acc = accuracy(model, head, val_loader, device, args.nce_t)
+    print(f"supervised: top1={acc:.2f} (the classifier on {len(val_loader.dataset)} test images)")
+    path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
+    # this repo's checkpoint layout, without a memory bank: features.load_backbone reads it
+    ckpt.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
+                      "head": head.state_dict(), "args": engine.plain_args(args), "supervised": True}, path)
+    print(f"supervised: checkpoint '{path}'")
+
+
+def main(argv=None):
+    args = cifar.get_args(argv)
+    if args.checkpoint_dir == "checkpoints/cifar":  # cifar.py's default: keep NPID's checkpoints apart
+        args.checkpoint_dir = "checkpoints/supervised"
+    try:
+        train(args)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

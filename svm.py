@@ -1,0 +1,199 @@
+"""Linear SVMs and low-shot SVMs on frozen features, as the papers report them (VOC07 protocol of
+FAIR's benchmark / mmselfsup; see lib/svm.py), on VOC 2007 or any single-label dataset of the repo:
+  python svm.py --dataset voc07 --data VOCdevkit/VOC2007 --pretrained CKPT            # feat5, mhead pooling
+  python svm.py --dataset fashion-mnist --data ./data --pretrained CKPT --layer embed --knn 200"""
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+
+import cifar
+import main as imagenet
+import test as knn
+from datasets import InstanceSubset, VOC2007Instance
+from lib import features, svm
+from lib.errors import UserError
+from lib.options import _Parser
+
+DATASETS = ("voc07", "imagenet", "cifar10", "cifar100", "fashion-mnist")
+
+
+def get_args(argv=None):
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="voc07", choices=DATASETS)
+    p.add_argument("--data", default="./data", help="VOCdevkit/VOC2007, an ImageNet-layout folder (train/, val/) "
+                   "or the CIFAR / Fashion-MNIST root of cifar.py")
+    p.add_argument("--pretrained", default="", help="checkpoint: this repo's, the authors' or a torchvision state dict")
+    p.add_argument("--raw-pixels", action="store_true", help="the [0, 1] pixels as features instead of a network")
+    p.add_argument("--arch", default=None, help="when the checkpoint does not say (default: inferred)")
+    p.add_argument("--width", default=None, type=int, help="CIFAR ResNets: channels of the first stage")
+    p.add_argument("--layer", default="feat5", help=f"one of {', '.join(features.LAYERS)}; feat1-5 are pooled as "
+                   "mmselfsup's multi-head config (feat5: 2x2x2048 = 8192 dims for a ResNet50 at 224 px)")
+    p.add_argument("--costs", default="1,10,100", help="SVM costs C, comma-separated (mmselfsup's list)")
+    p.add_argument("--benchmark-costs", action="store_true", help="also 0.5**4 .. 0.5**19, which the benchmark's "
+                   "svm_helper.parse_cost_list appends to any given list")
+    p.add_argument("--folds", default=3, type=int, help="cross-validation folds for choosing C")
+    p.add_argument("--svm", default=True, action=argparse.BooleanOptionalAction, help="the full SVM")
+    p.add_argument("--lowshot", default=True, action=argparse.BooleanOptionalAction, help="low-shot SVMs")
+    p.add_argument("--k-list", default=None, help="low-shot k values (default 1,2,4,8,16,32,64,96; a default k "
+                   "some class cannot supply is skipped)")
+    p.add_argument("--samples", default=svm.SAMPLES, type=int, help="independent low-shot samples per k")
+    p.add_argument("--seed", default=0, type=int, help="seed of the low-shot samples and of the subsets")
+    p.add_argument("--knn", default=0, type=int, help="also the weighted kNN top-1 with this k on the same layer "
+                   "(single-label datasets; 0 = off)")
+    p.add_argument("--knn-t", default=0.1, type=float, help="kNN sigma (cifar.py's --nce-t)")
+    p.add_argument("--train-subset", default=0, type=int, help="single-label: use this many training images only")
+    p.add_argument("--svm-train-subset", default=0, type=int, help="single-label: fit the full SVM on this many "
+                   "of the training images (a fixed random subset; kNN and low-shot draws use all of them)")
+    p.add_argument("--test-subset", default=0, type=int, help="single-label: evaluate on this many test images only")
+    p.add_argument("--jobs", default=1, type=int, help="processes fitting the SVMs of different classes at once")
+    p.add_argument("-b", "--batch-size", default=128, type=int)
+    p.add_argument("-j", "--workers", default=2, type=int)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+def parse_list(text, what, cast=float):
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{what} must be a comma-separated list of positive numbers (got '{text}')")
+    return values
+
+
+def datasets(args):
+    """(train, test, mean, std) with the test transform of the training script of that dataset."""
+    if args.dataset == "voc07":
+        # Resize 256, then 224 x 224 (aspect ratio not kept), as mmselfsup extracts VOC07 features
+        tf = transforms.Compose([transforms.Resize(256), transforms.Resize((224, 224)), transforms.ToTensor(),
+                                 transforms.Normalize(imagenet.MEAN, imagenet.STD)])
+        voc = lambda split: VOC2007Instance(args.data, split, tf)
+        return voc("trainval"), voc("test"), imagenet.MEAN, imagenet.STD
+    if args.dataset == "imagenet":
+        task = imagenet.task(imagenet.get_args([args.data]))
+    else:
+        task = cifar.task(cifar.get_args(["--dataset", args.dataset, "--data", args.data]))
+    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=args.seed)
+    return sub(task.train_eval, args.train_subset), sub(task.val, args.test_subset), task.mean, task.std
+
+
+class _ImagesOnly(torch.utils.data.Dataset):
+    """extract_features keeps one integer label per image; VOC's 20-vectors are read from .targets."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        img, _, index = self.ds[i]
+        return img, 0, index
+
+
+def targets_of(ds, num_classes):
+    t = np.asarray(ds.targets)
+    return (t, False) if t.ndim == 2 else (svm.one_hot(t, num_classes), True)
+
+
+@torch.no_grad()
+def pixels(loader, mean, std, one_channel):
+    """The [0, 1] pixels (the test transform undone), as report.raw_pixel_knn uses them."""
+    out = []
+    for x, _, _ in loader:
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        out.append((x[:, :1] if one_channel else x).flatten(1))
+    return torch.cat(out)
+
+
+def knn_top1(x_train, y_train, x_test, y_test, num_classes, k, sigma):
+    bank, q = F.normalize(x_train, dim=1), F.normalize(x_test, dim=1)
+    hits = 0
+    for a in range(0, len(q), 512):
+        pred = knn.rank_by_score(knn.knn_predict(q[a:a + 512], bank, y_train, num_classes, k, sigma))[:, 0]
+        hits += pred.eq(y_test[a:a + 512]).sum().item()
+    return 100.0 * hits / len(q)
+
+
+def run(args):
+    if args.layer not in features.LAYERS:
+        raise UserError(f"unknown --layer '{args.layer}' (choose from {', '.join(features.LAYERS)})")
+    costs = parse_list(args.costs, "--costs") + (list(svm.SMALL_COSTS) if args.benchmark_costs else [])
+    explicit_k = args.k_list is not None
+    ks = parse_list(args.k_list, "--k-list", int) if explicit_k else list(svm.K_VALUES)
+    if not args.raw_pixels and not args.pretrained:
+        raise UserError("give --pretrained CKPT (or --raw-pixels)")
+    if args.dataset == "voc07" and (args.train_subset or args.svm_train_subset or args.test_subset or args.knn):
+        raise UserError("--train-subset, --svm-train-subset, --test-subset and --knn apply to single-label datasets")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train, test, mean, std = datasets(args)
+    num_classes = 20 if args.dataset == "voc07" else int(max(train.targets)) + 1
+    t_train, single = targets_of(train, num_classes)
+    t_test, _ = targets_of(test, num_classes)
+
+    if args.lowshot:  # before any feature is computed; create_places_low_shot_samples.py also skips such a k
+        max_k = svm.lowshot_max_k(t_train, single)
+        if explicit_k and max(ks) > max_k:
+            raise UserError(f"--k-list: k={max(ks)} needs more images than some class has (at most k={max_k} here)")
+        for k in [k for k in ks if k > max_k]:
+            print(f"lowshot note: k={k} skipped: some class cannot supply it (at most k={max_k})")
+        ks = [k for k in ks if k <= max_k]
+
+    t0 = time.time()
+    loader = lambda ds: torch.utils.data.DataLoader(_ImagesOnly(ds) if not single else ds, batch_size=args.batch_size,
+                                                    num_workers=args.workers)
+    if args.raw_pixels:
+        gray = args.dataset == "fashion-mnist"  # its three channels are copies of one
+        x_train, x_test = (pixels(loader(d), mean, std, gray) for d in (train, test))
+        layer = "pixels"
+    else:
+        model, info = features.load_backbone(args.pretrained, args.arch, args.width, device)
+        pool = "mhead" if args.layer in features.HEADS else None
+        x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool)[0]
+                           for d in (train, test))
+        layer = args.layer
+        print(f"features: {info['arch']} '{args.pretrained}' layer {layer} ({x_train.shape[1]} dims)")
+    print(f"features: {len(x_train)} train, {len(x_test)} test images in {time.time() - t0:.1f} s")
+
+    if args.knn:
+        y = lambda t: torch.as_tensor(t.argmax(1))
+        top1 = knn_top1(x_train, y(t_train), x_test, y(t_test), num_classes, args.knn, args.knn_t)
+        print(f"knn: top1={top1:.2f} k={args.knn} sigma={args.knn_t} layer={layer}")
+    x_train, x_test = svm.normalize(x_train.numpy()), svm.normalize(x_test.numpy())
+    if args.svm:
+        t1 = time.time()
+        rows = np.arange(len(x_train))
+        if args.svm_train_subset and args.svm_train_subset < len(rows):
+            rows = np.sort(np.random.default_rng(args.seed).permutation(len(rows))[:args.svm_train_subset])
+        res = svm.svm_full(x_train[rows], t_train[rows], x_test, t_test, costs, args.folds, args.jobs)
+        print("svm AP per class: " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
+              "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  (time {time.time() - t1:.1f} s)")
+        top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single else "-"
+        print(f"svm: mAP={100 * np.nanmean(res['ap']):.2f} top1={top1} layer={layer}")
+    if args.lowshot and ks:
+        t1 = time.time()
+        res = svm.svm_lowshot(x_train, t_train, x_test, t_test, ks, costs, args.samples, args.seed, single, args.jobs)
+        for k, r in res.items():
+            print(f"lowshot k={k}: mean {r['mean']:.2f} min {r['min']:.2f} max {r['max']:.2f} std {r['std']:.2f} "
+                  f"(C={r['cost']:g}, the cost with the best mean over {args.samples} samples)")
+        print(f"lowshot time: {time.time() - t1:.1f} s")
+        print("lowshot: " + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()))
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
