@@ -1,6 +1,5 @@
 """The one training engine behind main.py and cifar.py: set-up, train_one_epoch, evaluation,
 checkpoint/resume. The scripts only describe their data, model and schedule (a `Task`)."""
-import contextlib
 import json
 import math
 import os
@@ -19,8 +18,7 @@ from . import checkpoint as ckpt
 from . import dist as du
 from . import report
 from .errors import UserError
-from .LinearAverage import LinearAverage
-from .NCEAverage import NCEAverage
+from .methods import NPID, build_bank, build_method  # noqa: F401 (build_bank: the bank alone, for tools)
 
 
 @dataclass
@@ -64,12 +62,6 @@ def check_args(args, n_train):
                         "use --nce-k 0 for the full softmax")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
-
-
-def build_bank(args, n):
-    if args.nce_k > 0:
-        return NCEAverage(args.low_dim, n, args.nce_k, args.nce_t, args.nce_m, loss=args.nce_loss, prox=args.prox)
-    return LinearAverage(args.low_dim, n, args.nce_t, args.nce_m, prox=args.prox)
 
 
 def amp_context(args, device):
@@ -140,11 +132,13 @@ def rng_state():
     return s
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False):
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, head=None):
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
              "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
              "best_knn": best_knn}
+    if head:  # a method's own parameters beside the model (CLD's group head); absent for NPID
+        state["method_head"] = head
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     ckpt.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
@@ -177,7 +171,16 @@ def bank_from_checkpoint(ck, path, n):
     return mem
 
 
-def resume(args, model, bank, optimizer, n):
+def load_method_head(method, ck, path):
+    """A method's own parameters (CLD's group head): present iff the run uses them."""
+    if bool(method.head_state()) != bool(ck.get("method_head")):
+        raise UserError(f"--resume: '{path}' was trained {'with' if ck.get('method_head') else 'without'} --cld, "
+                        f"this run is {'with' if method.head_state() else 'without'} it")
+    if ck.get("method_head"):
+        method.load_head_state(ck["method_head"])
+
+
+def resume(args, model, bank, optimizer, n, method=None):
     """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume)."""
     path = args.resume
     if not path:
@@ -199,6 +202,8 @@ def resume(args, model, bank, optimizer, n):
     if mem["memory"].shape[1] != args.low_dim:
         raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
+    if method is not None:
+        load_method_head(method, ck, path)
     if "optimizer" in ck and not ck.get("legacy"):
         optimizer.load_state_dict(ck["optimizer"])
     rngs = ck.get("rng") or []
@@ -229,9 +234,11 @@ def set_lr(optimizer, lr):
         g["lr"] = lr
 
 
-def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
+def train_one_epoch(model, method, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
                     gpu_augment=None, writer=None):
     model.train()
+    if not isinstance(method, NPID):  # a bare memory bank: plain NPID
+        method = NPID(method, args.channels_last)
     batch_time, data_time, losses = Meter(), Meter(), Meter()
     optimizer.zero_grad(set_to_none=True)
     pending = torch.zeros((), device=device)  # the loss sum since the last print, kept on device
@@ -242,13 +249,9 @@ def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocas
         index = index.to(device, non_blocking=True)
         if gpu_augment is not None:
             images = gpu_augment(images)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast else contextlib.nullcontext():
-            feature = model(images)  # B x D, L2-normalised, float32
-        loss = bank.loss(feature.float(), index)
+        loss = method(model, images, index, autocast)  # lib/methods.py: forward on the view(s), the loss
         (scaler.scale(loss / args.iter_size) if scaler else loss / args.iter_size).backward()
-        bank.update(feature.detach(), index)  # after backward: the gradient saw the bank before it
+        method.update()  # after backward: the gradient saw the bank before it
         if (i + 1) % args.iter_size == 0:
             if scaler:
                 scaler.step(optimizer)
@@ -332,10 +335,12 @@ def _run(args, make_task):
     model = task.build_model(args.arch, args.low_dim).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bank = build_bank(args, n).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    method = build_method(args, n, model).to(device)  # NPID, or NPID+CLD with --cld
+    bank = method.bank
+    params = list(model.parameters()) + list(method.parameters())  # NPID's bank has buffers only
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
-    start_epoch, ck = resume(args, model, bank, optimizer, n)
+    start_epoch, ck = resume(args, model, bank, optimizer, n, method)
     best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
@@ -373,7 +378,7 @@ def _run(args, make_task):
         loaders[0].sampler.set_epoch(epoch)
         lr = task.lr_at(epoch, args)
         set_lr(optimizer, lr)
-        stats = train_one_epoch(train_model, bank, loaders[0], optimizer, epoch, args, device, autocast, scaler,
+        stats = train_one_epoch(train_model, method, loaders[0], optimizer, epoch, args, device, autocast, scaler,
                                 task.gpu_augment, writer)
         check_banks_agree(bank, epoch)
         res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
@@ -383,7 +388,7 @@ def _run(args, make_task):
         if du.is_main_process():
             is_best = res["knn_top1"] > best
             best = max(best, res["knn_top1"])
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best)
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, method.head_state())
             log_epoch(args, writer, stats)
     final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
     print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")

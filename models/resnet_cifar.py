@@ -6,10 +6,10 @@ from functools import partial
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .resnet import NPIDResNet
+from .resnet import NPIDResNet, projection_head
 
 
-def _cifar_resnet(block, layers, low_dim=128, width=64):
+def _cifar_resnet(block, layers, low_dim=128, width=64, head="linear"):
     net = NPIDResNet(block, layers, num_classes=low_dim)
     net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -21,13 +21,15 @@ def _cifar_resnet(block, layers, low_dim=128, width=64):
         net.layer3 = net._make_layer(block, 4 * width, layers[2], stride=2)
         net.layer4 = net._make_layer(block, 8 * width, layers[3], stride=2)
         net.fc = nn.Linear(8 * width * block.expansion, low_dim)
+    if head != "linear":
+        net.fc = projection_head(net.fc.in_features, low_dim, head)
     for m in net.modules():  # same init as torchvision applies to the modules it built
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return net
 
 
-# each f(low_dim=128, width=64)
+# each f(low_dim=128, width=64, head='linear')
 ResNet10 = partial(_cifar_resnet, BasicBlock, [1, 1, 1, 1])
 ResNet18 = partial(_cifar_resnet, BasicBlock, [2, 2, 2, 2])
 ResNet34 = partial(_cifar_resnet, BasicBlock, [3, 4, 6, 3])
