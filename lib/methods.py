@@ -60,6 +60,10 @@ def _ctx(autocast):
     return autocast() if autocast else contextlib.nullcontext()
 
 
+def _up(x):  # autocast's half precision up to float32; float32/float64 as they are
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class NPID(nn.Module):
     """One view, the instance loss against the bank, then the bank update with its features."""
 
@@ -141,7 +145,7 @@ class NPIDCLD(NPID):
         fc.register_forward_pre_hook(lambda m, inp: setattr(self, "_pooled", inp[0]))
 
     def group_features(self, pooled):
-        return F.normalize(self.group(pooled).float(), dim=1)
+        return F.normalize(_up(self.group(pooled)), dim=1)
 
     def forward(self, model, images, index, autocast=None):
         if images.dim() != 5 or images.shape[1] != 2:
@@ -151,7 +155,7 @@ class NPIDCLD(NPID):
             with _ctx(autocast):
                 feats.append(model(self.prepare(v)))  # B x D instance features
                 groups.append(self.group_features(self._pooled))  # B x D group features
-        instance = (self.bank.loss(feats[0].float(), index) + self.bank.loss(feats[1].float(), index)) / 2
+        instance = (self.bank.loss(_up(feats[0]), index) + self.bank.loss(_up(feats[1]), index)) / 2
         self._step = ([f.detach() for f in feats], index)
         return instance + self.lam * cld_loss(groups[0], groups[1], self.clusters, self.iters, self.t)
 
