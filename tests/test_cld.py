@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from conftest import TINY, run_script
+from conftest import TINY
 from lib.LinearAverage import LinearAverage
 from lib.methods import NPIDCLD, cld_loss, kmeans
 from test_distributed import torchrun
@@ -147,13 +147,13 @@ def _load(p):
     return torch.load(p / "checkpoint.pth", weights_only=True)
 
 
-def test_cld_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path):
-    common = ["--data", cifar_dir, "-b", "40", *TINY, "--nce-k", "0", "--retrievals", "0"]
+def test_cld_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path, capsys):
+    """In process (cifar.main) to spare the start-up of a fresh interpreter per run."""
+    common = ["--data", cifar_dir, "-b", "40", *TINY, "--nce-k", "0", "--retrievals", "0", "--device", "cpu"]
     cld = ["--cld", "--cld-clusters", "8"]
     a, b = tmp_path / "a", tmp_path / "b"
     for d, ep in ((a, 2), (b, 1), (b, 2)):
-        r = run_script("cifar.py", *common, *cld, "--epochs", str(ep), "--checkpoint-dir", d)
-        assert r.returncode == 0, r.stderr[-2000:]
+        cifar.main([*common, *cld, "--epochs", str(ep), "--checkpoint-dir", str(d)])
     ca, cb = _load(a), _load(b)
     assert ca["epoch"] == cb["epoch"] == 2 and torch.isfinite(ca["memory"]["memory"]).all()
     for k in ca["state_dict"]:
@@ -162,14 +162,15 @@ def test_cld_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path):
     assert set(ca["method_head"]) == {"weight", "bias"} and ca["method_head"]["weight"].shape == (128, 64)
     assert all(torch.equal(ca["method_head"][k], cb["method_head"][k]) for k in ca["method_head"])
     assert not any(k.startswith("group") for k in ca["state_dict"])  # the model: backbone + instance head
-    r = run_script("cifar.py", *common, "--epochs", "3", "--checkpoint-dir", a)  # auto-resume without --cld
-    assert r.returncode == 2 and "was trained with --cld, this run is without it" in r.stderr, r.stderr[-2000:]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # auto-resume of a --cld checkpoint without --cld
+        cifar.main([*common, "--epochs", "3", "--checkpoint-dir", str(a)])
+    assert e.value.code == 2 and "was trained with --cld, this run is without it" in capsys.readouterr().err
 
 
 def test_mlp_head_end_to_end(cifar_dir, tmp_path):
-    r = run_script("cifar.py", "--data", cifar_dir, "-b", "40", *TINY, "--head", "mlp", "--nce-k", "16",
-                   "--nce-loss", "ce", "--epochs", "1", "--retrievals", "0", "--checkpoint-dir", tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    cifar.main(["--data", cifar_dir, "-b", "40", *TINY, "--head", "mlp", "--nce-k", "16", "--nce-loss", "ce",
+                "--epochs", "1", "--retrievals", "0", "--device", "cpu", "--checkpoint-dir", str(tmp_path)])
     ck = _load(tmp_path)
     assert [k for k in ck["state_dict"] if k.startswith("fc.")] == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]
     assert ck["state_dict"]["fc.0.weight"].shape == (64, 64) and "method_head" not in ck  # hidden = backbone width
