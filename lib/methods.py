@@ -89,16 +89,16 @@ class NPID(nn.Module):
 
 
 def kmeans(x, k, iters):
-    """Batch k-means as CLD:spectral_clustering.py `KMeans` (lines 56-85 of commit 662602b):
-    - initial centroids: the first k rows of the batch (`c = x[:K, :].clone()`), so fewer than k
-      if the batch is smaller (the first assignment then chooses among those);
-    - `iters` rounds of: assign each row to the nearest centroid by squared Euclidean distance
-      (`D_ij = ((x_i - c_j) ** 2).sum(-1)`, `argmin`: ties go to the lowest index), then
-      centroid = mean of its rows;
-    - an empty cluster has its count set to 1 (`labels_count_all = torch.ones([K])`), so its
-      centroid is the zero vector (the scatter_add into zeros);
+    """Batch k-means as CLD:spectral_clustering.py `KMeans` (lines 62-92, commit 662602b):
+    - initial centroids: the first k rows of the batch (line 70, `c = x[:K, :].clone()`), so fewer
+      than k if the batch is smaller (the first assignment then chooses among those);
+    - `iters` rounds (line 74) of: assign each row to the nearest centroid by squared Euclidean
+      distance (lines 77-78, `((x_i - c_j) ** 2).sum(-1)`, `argmin`: ties go to the lowest index),
+      then centroid = mean of its rows (lines 89-90);
+    - an empty cluster has its count set to 1 (lines 86-88, `torch.ones([K])`), so its centroid is
+      the zero vector (line 89 scatters the sums into zeros);
     - the centroids are not re-normalised, and gradients flow through the last round's means into x
-      (`scatter_add_(0, Ncl, x)` on the features themselves); the labels carry none.
+      (line 89 `scatter_add_(0, Ncl, x)` sums the features themselves); the labels carry none.
     Returns the last labels (B) and the centroids computed from them (k x D)."""
     c = x[:k]
     for _ in range(iters):
@@ -110,9 +110,11 @@ def kmeans(x, k, iters):
 
 
 def cld_loss(g1, g2, k, iters, t):
-    """Cross-level loss, CLD:train_cifar_npid_cld.py lines 195-208 (commit 9de5389): each view's
+    """Cross-level loss, CLD:train_cifar_npid_cld.py train() (commit 9de5389), the lines
+    `affnity1 = torch.mm(features_batchDis1, centroids2.t())`, `criterion_cld(affnity1.div_(args.cld_t),
+    cluster_label2)`, the same for view 2 against view 1, and `CLD_loss = (... + ...)/2`: each view's
     group features against the OTHER view's centroids at temperature t, the other view's labels as
-    targets, cross-entropy, the two directions averaged."""
+    targets, cross-entropy, the two directions averaged. (Temperature: their script's --cld_t 0.2.)"""
     labels1, c1 = kmeans(g1, k, iters)
     labels2, c2 = kmeans(g2, k, iters)
     l12 = F.cross_entropy(g1 @ c2.t() / t, labels2)  # B x k: view 1 against view 2's groups
@@ -123,12 +125,15 @@ def cld_loss(g1, g2, k, iters, t):
 class NPIDCLD(NPID):
     """NPID + CLD on two views per image (images: B x 2 x C x H x W).
 
-    Instance branch (CLD:train_cifar_npid_cld.py lines 181-193): each view against the bank with
-    the bank's loss (their recipe: full softmax, --nce-k 0), the two losses averaged.
+    Instance branch (CLD:train_cifar_npid_cld.py train(): `outputs1 = lemniscate(features_insDis1,
+    indexes)`, the same for view 2, `insDis_loss = (insDis_loss + loss_nce_2)/2`): each view against
+    the bank with the bank's loss (their recipe: full softmax, --nce-k 0), the two averaged.
     Group branch: a second head on the pooled backbone feature, Linear -> low_dim then L2
-    (CLD:models/resnet_cifar.py `groupDis`, lines 95-97), batch k-means per view (per process under
-    torchrun: each rank clusters its local batch, as their DistributedDataParallel script), and
-    `cld_loss`. Total = instance + lambda * CLD (line 213).
+    (CLD:models/resnet_cifar.py `self.groupDis = nn.Sequential(nn.Linear(512*block.expansion,
+    low_dim), Normalize(2))`, fed `out_`, the pooled feature), batch k-means per view (`KMeans(
+    features_batchDis1, K=args.clusters, Niters=args.num_iters)`; per process under torchrun: each rank
+    clusters its local batch, as their DistributedDataParallel script), and `cld_loss`.
+    Total = instance + lambda * CLD (`loss = insDis_loss + args.Lambda*CLD_loss`).
 
     Bank order: both views' gradients see the bank before the step (the paper's rule); after
     backward the bank is updated with view 2's features, then view 1's. That is the order their
