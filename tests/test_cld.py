@@ -212,3 +212,31 @@ def test_group_head_identical_across_ranks(tmp_path):
     for part in ("head", "model"):
         assert all(torch.equal(r0[part][k], r1[part][k]) for k in r0[part]), part
     assert torch.equal(r0["bank"], r1["bank"])
+
+
+def test_their_in_backward_updates_run_view_2_first():
+    """Why the bank takes view 2 then view 1: CLD's LinearAverageOp updates the bank inside backward;
+    autograd runs the later-created node (view 2) first. (Today the second backward is refused: the
+    bank it saved was modified in place.)"""
+    order = []
+
+    class Op(torch.autograd.Function):  # their pattern: scores in forward, bank update in backward
+        @staticmethod
+        def forward(ctx, x, mem, view):
+            ctx.save_for_backward(x, mem)
+            ctx.view = view
+            return x @ mem.t()
+
+        @staticmethod
+        def backward(ctx, g):
+            x, mem = ctx.saved_tensors
+            order.append(ctx.view)
+            mem.index_copy_(0, torch.tensor([0]), mem[:1] * 0.5)
+            return g @ mem, None, None
+
+    mem = torch.randn(5, 3)
+    x1, x2 = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    loss = (Op.apply(x1, mem, 1).logsumexp(1).mean() + Op.apply(x2, mem, 2).logsumexp(1).mean()) / 2
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    assert order == [2]
