@@ -65,7 +65,7 @@ def linear(m):
     hit = re.findall(r"^linear: top1=([0-9.]+)", open(p).read(), re.M) if os.path.exists(p) else []
     return hit[-1] if hit else "-"
 names = {"npid": "NPID (paper, linear head)", "npid_mlp": "NPID + MLP head (`--head mlp`)", "npid_cld": "NPID+CLD (`--cld`)"}
-print(f"\n| method ({epochs} epochs, ResNet10 width 16) | kNN top-1 (k=200) | linear top-1 (`--cached`) | train time |")
+print(f"\n| method ({epochs} epochs, ResNet10 width 16) | kNN top-1 (k=200) | linear top-1 (`--cached`) | run time (train + eval) |")
 print("|---|---|---|---|")
 for m, name in names.items():
     f = final(m)
