@@ -7,6 +7,7 @@ import models
 from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
+from lib.methods import TwoViews
 
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
          "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -38,7 +39,7 @@ def get_args(argv=None):
 
 def lr_at(epoch, args):
     """The original's schedule: lr until epoch 80, then x0.1 every 40 epochs (drops at 120 and 160)."""
-    if args.cos:
+    if args.cos or epoch < args.warmup_epochs:
         return options.step_lr(epoch, args, ())
     return args.lr if epoch < 80 else args.lr * 0.1 ** ((epoch - 80) // 40)
 
@@ -50,14 +51,20 @@ def image_size(args):
 def transforms_for(args):
     mean, std = STATS[args.dataset]
     size = image_size(args)
-    train_tf = transforms.Compose([  # the original's list: no flip
+    # the original's list: no flip. --cld: CLD's list, the same plus a horizontal flip after the
+    # grayscale (CLD-UnsupervisedLearning datasets/dataloader.py, the non-aug_plus list)
+    flip = [transforms.RandomHorizontalFlip()] if args.cld else []
+    train_tf = transforms.Compose([
         transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
         transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
         transforms.RandomGrayscale(p=0.2),
+        *flip,
         transforms.ToTensor(),
         transforms.Normalize(mean, std)])
     if args.gpu_aug:  # the loader only decodes; lib/gpu_aug.py draws the same list on the device
         train_tf = transforms.PILToTensor()
+    if args.cld:
+        train_tf = TwoViews(train_tf)
     test_tf = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     if size != NATIVE_SIZE[args.dataset]:
         test_tf.insert(0, transforms.Resize(size))
@@ -72,9 +79,10 @@ def task(args):
     train_eval = sub(open_(True, test_tf), args.train_subset)
     val = sub(open_(False, test_tf), args.test_subset)
     mean, std = STATS[args.dataset]
-    gpu_augment = GPUAugment(image_size(args), mean, std, order="jg") if args.gpu_aug else None
+    gpu_augment = GPUAugment(image_size(args), mean, std, flip=args.cld, order="jgf") if args.gpu_aug else None
     return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=int(max(train_eval.targets)) + 1,
-                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width, init=args.init),
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width, init=args.init,
+                                                                               head=args.head),
                        lr_at=lr_at, mean=mean, std=std, gpu_augment=gpu_augment)
 
 

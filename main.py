@@ -8,6 +8,7 @@ from datasets import ImageFolderInstance
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
 from lib.errors import UserError
+from lib.methods import TwoViews
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -38,6 +39,8 @@ def task(args):
         train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                   transforms.Normalize(MEAN, STD)])
+    if args.cld:  # two views of each image (the list already has the flip)
+        train_tf = TwoViews(train_tf)
     for sub in ("train", "val"):
         if not os.path.isdir(os.path.join(args.data, sub)):
             raise UserError(f"'{os.path.join(args.data, sub)}' is missing: DATA must hold train/ and val/ class folders")
@@ -46,7 +49,7 @@ def task(args):
     val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf, class_to_idx=train.class_to_idx)
     return engine.Task(train=train, train_eval=ImageFolderInstance.open(os.path.join(args.data, "train"), test_tf),
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
-                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim), lr_at=lr_at, mean=MEAN, std=STD,
+                       build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
                        gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)
 
 

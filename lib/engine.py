@@ -1,6 +1,5 @@
 """The one training engine behind main.py and cifar.py: set-up, train_one_epoch, evaluation,
 checkpoint/resume. The scripts only describe their data, model and schedule (a `Task`)."""
-import contextlib
 import json
 import math
 import os
@@ -21,8 +20,7 @@ from . import dist as du
 from . import export
 from . import report
 from .errors import IO_ERRORS, UserError, one_line
-from .LinearAverage import LinearAverage
-from .NCEAverage import NCEAverage
+from .methods import NPID, build_bank, build_method  # noqa: F401 (build_bank: the bank alone, for tools)
 
 
 @dataclass
@@ -70,12 +68,6 @@ def check_args(args, n_train):
                         "use --nce-k 0 for the full softmax")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
-
-
-def build_bank(args, n):
-    if args.nce_k > 0:
-        return NCEAverage(args.low_dim, n, args.nce_k, args.nce_t, args.nce_m, loss=args.nce_loss, prox=args.prox)
-    return LinearAverage(args.low_dim, n, args.nce_t, args.nce_m, prox=args.prox)
 
 
 def amp_context(args, device):
@@ -158,13 +150,15 @@ def rng_state():
     return s
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None):
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None):
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
              "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
              "best_knn": best_knn}
     if scaler is not None:  # fp16's loss scale: a resume must not restart it
         state["scaler"] = scaler.state_dict()
+    if head:  # a method's own parameters beside the model (CLD's group head); absent for NPID
+        state["method_head"] = head
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     ckpt.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
@@ -195,6 +189,15 @@ def bank_from_checkpoint(ck, path, n):
         raise UserError(f"--resume: the bank in '{path}' has {mem['memory'].shape[0]} entries "
                         f"but the training set has {n} images (wrong dataset?)")
     return mem
+
+
+def load_method_head(method, ck, path):
+    """A method's own parameters (CLD's group head): present iff the run uses them."""
+    if bool(method.head_state()) != bool(ck.get("method_head")):
+        raise UserError(f"--resume: '{path}' was trained {'with' if ck.get('method_head') else 'without'} --cld, "
+                        f"this run is {'with' if method.head_state() else 'without'} it")
+    if ck.get("method_head"):
+        method.load_head_state(ck["method_head"])
 
 
 # What a run is. A resume continues the run in the checkpoint, so these must match it (the bank,
@@ -247,7 +250,7 @@ def check_same_data(args, ck, path):
                             f"this command says {getattr(args, k)}: its bank does not index these images")
 
 
-def resume(args, model, bank, optimizer, n, scaler=None):
+def resume(args, model, bank, optimizer, n, scaler=None, method=None):
     """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume; evaluation
     without --resume evaluates that one and says so)."""
     path, auto = args.resume, False
@@ -277,6 +280,8 @@ def resume(args, model, bank, optimizer, n, scaler=None):
         raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
     check_same_run(args, ck, path, auto)
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
+    if method is not None:
+        load_method_head(method, ck, path)
     if "optimizer" in ck and not ck.get("legacy"):
         optimizer.load_state_dict(ck["optimizer"])
     if scaler is not None and "scaler" in ck:
@@ -309,9 +314,11 @@ def set_lr(optimizer, lr):
         g["lr"] = lr
 
 
-def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
+def train_one_epoch(model, method, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
                     gpu_augment=None, writer=None):
     model.train()
+    if not isinstance(method, NPID):  # a bare memory bank: plain NPID
+        method = NPID(method, args.channels_last)
     batch_time, data_time, losses = Meter(), Meter(), Meter()
     optimizer.zero_grad(set_to_none=True)
     pending = torch.zeros((), device=device)  # the loss sum since the last print, kept on device
@@ -322,13 +329,9 @@ def train_one_epoch(model, bank, loader, optimizer, epoch, args, device, autocas
         index = index.to(device, non_blocking=True)
         if gpu_augment is not None:
             images = gpu_augment(images)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast else contextlib.nullcontext():
-            feature = model(images)  # B x D, L2-normalised, float32
-        loss = bank.loss(feature.float(), index)
+        loss = method(model, images, index, autocast)  # lib/methods.py: forward on the view(s), the loss
         (scaler.scale(loss / args.iter_size) if scaler else loss / args.iter_size).backward()
-        bank.update(feature.detach(), index)  # after backward: the gradient saw the bank before it
+        method.update()  # after backward: the gradient saw the bank before it
         if (i + 1) % args.iter_size == 0:
             if scaler:
                 scaler.step(optimizer)
@@ -418,11 +421,13 @@ def _run(args, make_task):
     model = task.build_model(args.arch, args.low_dim).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bank = build_bank(args, n).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    method = build_method(args, n, model).to(device)  # NPID, or NPID+CLD with --cld
+    bank = method.bank
+    params = list(model.parameters()) + list(method.parameters())  # NPID's bank has buffers only
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler)
+    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler, method)
     best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
@@ -464,7 +469,7 @@ def _run(args, make_task):
         loaders[0].sampler.set_epoch(epoch)
         lr = task.lr_at(epoch, args)
         set_lr(optimizer, lr)
-        stats = train_one_epoch(train_model, bank, loaders[0], optimizer, epoch, args, device, autocast, scaler,
+        stats = train_one_epoch(train_model, method, loaders[0], optimizer, epoch, args, device, autocast, scaler,
                                 task.gpu_augment, writer)
         check_banks_agree(bank, epoch)
         res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
@@ -474,7 +479,7 @@ def _run(args, make_task):
         if du.is_main_process():
             is_best = res[task.monitor] > best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
             best = max(best, res[task.monitor])
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler)
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler, method.head_state())
             log_epoch(args, writer, stats)
     # the final figure: CIFAR's against recomputed train features (the original's cifar.py), ImageNet's
     # against the bank (the original's main.py, and the published 41.0 / 46.8); the other one beside it

@@ -116,7 +116,10 @@ class GPUAugment:
 
     @torch.no_grad()
     def __call__(self, images):
-        """images: B x 3 x H x W uint8 (or [0, 1] float) on the device -> normalised float batch."""
+        """images: B x 3 x H x W uint8 (or [0, 1] float) on the device -> normalised float batch.
+        B x V x 3 x H x W (V views of each image, --cld): every view gets its own draws."""
+        if images.dim() == 5:
+            return self(images.flatten(0, 1)).unflatten(0, images.shape[:2])
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         n, _, H, W = x.shape
         if self.size:

@@ -27,6 +27,8 @@ def parser(description, defaults):
     g.add_argument("--cos", action="store_true", help="cosine lr decay instead of the paper's steps")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    g.add_argument("--warmup-epochs", default=0, type=int,
+                   help="linear warm-up from lr/100 over this many epochs (CLD's and PIC's recipes: 5), then the schedule")
     g.add_argument("--iter_size", "--iter-size", dest="iter_size", default=1, type=int,
                    help="accumulate gradients over this many batches per step")
 
@@ -38,6 +40,18 @@ def parser(description, defaults):
     g.add_argument("--nce-loss", default="nce", choices=["nce", "ce"],
                    help="with --nce-k > 0: NCE (paper) or softmax cross-entropy over the K+1 scores")
     g.add_argument("--prox", default=0.0, type=float, help="weight of the paper's proximal term (0 = off, as released)")
+
+    g.add_argument("--head", default="linear", choices=["linear", "mlp", "mlp-bn"],
+                   help="instance head before the L2 norm: Linear (paper); mlp = Linear-ReLU-Linear, hidden width = "
+                   "backbone width (PIC's InstDisc, MoCo v2); mlp-bn = Linear-BN-ReLU-Linear")
+
+    g = p.add_argument_group("NPID+CLD (Wang, Liu, Yu, CVPR 2021; off by default)")
+    g.add_argument("--cld", action="store_true", help="add Cross-Level Discrimination: two views, a group head, "
+                   "batch k-means, the cross-level loss (lib/methods.py)")
+    g.add_argument("--cld-clusters", default=128, type=int, help="k-means clusters per batch (theirs: 128 CIFAR-10, 200 CIFAR-100)")
+    g.add_argument("--cld-iters", default=5, type=int, help="k-means iterations")
+    g.add_argument("--cld-t", default=0.2, type=float, help="temperature of the cross-level loss")
+    g.add_argument("--cld-lambda", default=1.0, type=float, help="weight of the cross-level loss")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
@@ -80,9 +94,19 @@ def add_distributed(p):
     return p
 
 
+def warmup_lr(epoch, args):
+    """During --warmup-epochs: CLD's and PIC's GradualWarmupScheduler (multiplier 100), lr/100 rising
+    linearly to lr, taken at each epoch's start (theirs steps per iteration). None after it."""
+    W = getattr(args, "warmup_epochs", 0)
+    return args.lr / 100 * (99 * epoch / W + 1) if epoch < W else None
+
+
 def step_lr(epoch, args, milestones):
-    """lr * 0.1 per milestone passed, or cosine decay with --cos."""
+    """lr * 0.1 per milestone passed, or cosine decay with --cos (over the epochs after the warm-up)."""
     import math
+    W = getattr(args, "warmup_epochs", 0)
+    if epoch < W:
+        return warmup_lr(epoch, args)
     if args.cos:
-        return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, args.epochs)))
+        return args.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - W) / max(1, args.epochs - W)))
     return args.lr * 0.1 ** sum(epoch >= m for m in milestones)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .resnet import NPIDResNet
+from .resnet import NPIDResNet, projection_head
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def init_pytorch04_(net):
             m.bias.zero_()
 
 
-def _cifar_resnet(block, layers, low_dim=128, width=64, init="authors"):
+def _cifar_resnet(block, layers, low_dim=128, width=64, init="authors", head="linear"):
     net = NPIDResNet(block, layers, num_classes=low_dim)
     net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -45,6 +45,8 @@ def _cifar_resnet(block, layers, low_dim=128, width=64, init="authors"):
         net.layer3 = net._make_layer(block, 4 * width, layers[2], stride=2)
         net.layer4 = net._make_layer(block, 8 * width, layers[3], stride=2)
         net.fc = nn.Linear(8 * width * block.expansion, low_dim)
+    if head != "linear":  # the MLP projection of PIC / MoCo v2, under the name fc
+        net.fc = projection_head(net.fc.in_features, low_dim, head)
     if init == "authors":
         init_pytorch04_(net)
     elif init == "torchvision":
@@ -59,7 +61,7 @@ def _cifar_resnet(block, layers, low_dim=128, width=64, init="authors"):
     return net
 
 
-# each f(low_dim=128, width=64, init='authors')
+# each f(low_dim=128, width=64, init='authors', head='linear')
 ResNet10 = partial(_cifar_resnet, BasicBlock, [1, 1, 1, 1])
 ResNet18 = partial(_cifar_resnet, BasicBlock, [2, 2, 2, 2])
 ResNet34 = partial(_cifar_resnet, BasicBlock, [3, 4, 6, 3])

@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-PY=${PYTHON:-python}
+. scripts/env.sh  # PY: the project's Python
 OUT=${OUT:-checkpoints/fashion_mnist_eval}
 DATA=${DATA:-./data}
 SVM_TRAIN=${SVM_TRAIN:-5000}

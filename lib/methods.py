@@ -1,0 +1,182 @@
+"""The training methods the engine runs through one interface:
+
+    loss = method(model, images, index, autocast)   # forward on the view(s), float32 loss
+    ...backward...
+    method.update()                                 # after backward: the post-step bank update
+
+`method.bank` is the memory bank (kNN monitor, checkpoint 'memory'); `model` stays the backbone
+with its instance head `fc` (kNN and export use it alone). Parameters a method owns besides the
+model (CLD's group head) are its `head_state()`, saved beside the model.
+
+NPID: the paper, unchanged. NPIDCLD: NPID + Cross-Level Discrimination (Wang, Liu, Yu, CVPR 2021),
+following the authors' code frank-xwang/CLD-UnsupervisedLearning (cited below as CLD:file)."""
+import contextlib
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+from .LinearAverage import LinearAverage
+from .memory import _world
+from .NCEAverage import NCEAverage
+
+
+def build_bank(args, n):
+    if args.nce_k > 0:
+        return NCEAverage(args.low_dim, n, args.nce_k, args.nce_t, args.nce_m, loss=args.nce_loss, prox=args.prox)
+    return LinearAverage(args.low_dim, n, args.nce_t, args.nce_m, prox=args.prox)
+
+
+def build_method(args, n, model):
+    if getattr(args, "warmup_epochs", 0) < 0:
+        raise UserError(f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})")
+    bank = build_bank(args, n)
+    if not getattr(args, "cld", False):
+        return NPID(bank, args.channels_last)
+    if args.cld_clusters < 1 or args.cld_iters < 1 or args.cld_t <= 0 or args.cld_lambda < 0:
+        raise UserError("--cld-clusters and --cld-iters must be >= 1, --cld-t > 0 and --cld-lambda >= 0")
+    return NPIDCLD(bank, model, args.low_dim, args.cld_clusters, args.cld_iters, args.cld_t, args.cld_lambda,
+                   args.channels_last)
+
+
+class TwoViews:
+    """A train transform applied twice to the same image: C x H x W -> 2 x C x H x W. Inside the
+    dataset's __getitem__, so both views come from the sample's own seeded RNG stream, one after
+    the other (different draws). Under --gpu-aug the two copies are augmented apart on the device."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return torch.stack([self.transform(img), self.transform(img)])
+
+    def __repr__(self):
+        return f"TwoViews({self.transform!r})"
+
+
+def _ctx(autocast):
+    return autocast() if autocast else contextlib.nullcontext()
+
+
+def _up(x):  # autocast's half precision up to float32; float32/float64 as they are
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class NPID(nn.Module):
+    """One view, the instance loss against the bank, then the bank update with its features."""
+
+    def __init__(self, bank, channels_last=False):
+        super().__init__()
+        self.bank, self.channels_last, self._step = bank, channels_last, None
+
+    def prepare(self, images):
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def forward(self, model, images, index, autocast=None):
+        with _ctx(autocast):
+            feature = model(self.prepare(images))  # B x D, L2-normalised, float32
+        self._step = (feature.detach(), index)
+        return self.bank.loss(feature.float(), index)
+
+    def update(self):
+        self.bank.update(*self._step)  # after backward: the gradient saw the bank before it
+        self._step = None
+
+    def head_state(self):
+        return {}
+
+
+def kmeans(x, k, iters):
+    """Batch k-means as CLD:spectral_clustering.py `KMeans` (lines 62-92, commit 662602b):
+    - initial centroids: the first k rows of the batch (line 70, `c = x[:K, :].clone()`), so fewer
+      than k if the batch is smaller (the first assignment then chooses among those);
+    - `iters` rounds (line 74) of: assign each row to the nearest centroid by squared Euclidean
+      distance (lines 77-78, `((x_i - c_j) ** 2).sum(-1)`, `argmin`: ties go to the lowest index),
+      then centroid = mean of its rows (lines 89-90);
+    - an empty cluster has its count set to 1 (lines 86-88, `torch.ones([K])`), so its centroid is
+      the zero vector (line 89 scatters the sums into zeros);
+    - the centroids are not re-normalised, and gradients flow through the last round's means into x
+      (line 89 `scatter_add_(0, Ncl, x)` sums the features themselves); the labels carry none.
+    Returns the last labels (B) and the centroids computed from them (k x D)."""
+    c = x[:k]
+    for _ in range(iters):
+        with torch.no_grad():
+            labels = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)  # B x k squared distances -> B
+        counts = torch.bincount(labels, minlength=k).clamp_(min=1).to(x.dtype)  # k
+        c = x.new_zeros(k, x.shape[1]).index_add(0, labels, x) / counts[:, None]  # k x D
+    return labels, c
+
+
+def cld_loss(g1, g2, k, iters, t):
+    """Cross-level loss, CLD:train_cifar_npid_cld.py train() (commit 9de5389), the lines
+    `affnity1 = torch.mm(features_batchDis1, centroids2.t())`, `criterion_cld(affnity1.div_(args.cld_t),
+    cluster_label2)`, the same for view 2 against view 1, and `CLD_loss = (... + ...)/2`: each view's
+    group features against the OTHER view's centroids at temperature t, the other view's labels as
+    targets, cross-entropy, the two directions averaged. (Temperature: their script's --cld_t 0.2.)"""
+    labels1, c1 = kmeans(g1, k, iters)
+    labels2, c2 = kmeans(g2, k, iters)
+    l12 = F.cross_entropy(g1 @ c2.t() / t, labels2)  # B x k: view 1 against view 2's groups
+    l21 = F.cross_entropy(g2 @ c1.t() / t, labels1)
+    return (l12 + l21) / 2
+
+
+class NPIDCLD(NPID):
+    """NPID + CLD on two views per image (images: B x 2 x C x H x W).
+
+    Instance branch (CLD:train_cifar_npid_cld.py train(): `outputs1 = lemniscate(features_insDis1,
+    indexes)`, the same for view 2, `insDis_loss = (insDis_loss + loss_nce_2)/2`): each view against
+    the bank with the bank's loss (their recipe: full softmax, --nce-k 0), the two averaged.
+    Group branch: a second head on the pooled backbone feature, Linear -> low_dim then L2
+    (CLD:models/resnet_cifar.py `self.groupDis = nn.Sequential(nn.Linear(512*block.expansion,
+    low_dim), Normalize(2))`, fed `out_`, the pooled feature), batch k-means per view (`KMeans(
+    features_batchDis1, K=args.clusters, Niters=args.num_iters)`; per process under torchrun: each rank
+    clusters its local batch, as their DistributedDataParallel script), and `cld_loss`.
+    Total = instance + lambda * CLD (`loss = insDis_loss + args.Lambda*CLD_loss`).
+
+    Bank order: both views' gradients see the bank before the step (the paper's rule); after
+    backward the bank is updated with view 2's features, then view 1's. That is the order their
+    code's in-backward updates run: autograd executes the later-created node (view 2) first."""
+
+    def __init__(self, bank, model, low_dim, clusters, iters, t, lam, channels_last=False):
+        super().__init__(bank, channels_last)
+        fc = model.fc
+        in_dim = (fc[0] if isinstance(fc, nn.Sequential) else fc).in_features
+        self.group = nn.Linear(in_dim, low_dim)
+        self.clusters, self.iters, self.t, self.lam = clusters, iters, t, lam
+        self._pooled = None
+        # the instance head's input is the pooled backbone feature: capture it for the group head
+        fc.register_forward_pre_hook(lambda m, inp: setattr(self, "_pooled", inp[0]))
+
+    def group_features(self, pooled):
+        return F.normalize(_up(self.group(pooled)), dim=1)
+
+    def forward(self, model, images, index, autocast=None):
+        if images.dim() != 5 or images.shape[1] != 2:
+            raise UserError(f"--cld needs two views per image (B x 2 x C x H x W), got {tuple(images.shape)}")
+        feats, groups = [], []
+        for v in (images[:, 0], images[:, 1]):  # one forward per view: BN statistics per view, as theirs
+            with _ctx(autocast):
+                feats.append(model(self.prepare(v)))  # B x D instance features
+                groups.append(self.group_features(self._pooled))  # B x D group features
+        instance = (self.bank.loss(_up(feats[0]), index) + self.bank.loss(_up(feats[1]), index)) / 2
+        self._step = ([f.detach() for f in feats], index)
+        return instance + self.lam * cld_loss(groups[0], groups[1], self.clusters, self.iters, self.t)
+
+    def update(self):
+        (f1, f2), index = self._step
+        self.bank.update(f2, index)  # view 2 first, then view 1 (see the class comment)
+        self.bank.update(f1, index)
+        self._step = None
+        if _world() > 1:  # the group head is outside DDP: average its gradients over the ranks here
+            for p in self.group.parameters():  # (before the optimiser step; an accumulated sum stays exact)
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= _world()
+
+    def head_state(self):
+        return self.group.state_dict()
+
+    def load_head_state(self, sd):
+        self.group.load_state_dict(sd)
