@@ -1,5 +1,6 @@
 """NPID on CIFAR-10/100 or Fashion-MNIST: python cifar.py --dataset cifar10 --data DIR."""
 import argparse
+import os
 
 from torchvision import transforms
 
@@ -32,8 +33,12 @@ def get_args(argv=None):
     p.add_argument("--test-only", dest="evaluate", action="store_true", help="evaluate --resume and exit")
     p.add_argument("--init", default="authors", choices=["authors", "torchvision"],
                    help="CIFAR ResNet init: the authors' (PyTorch 0.4 defaults) or torchvision's kaiming-normal")
-    args = p.parse_args(argv)
-    args.checkpoint_dir = args.checkpoint_dir or f"checkpoints/{args.dataset}"  # one folder per dataset
+    args = options.parse(p, argv)
+    if args.checkpoint_dir is None:  # one folder per dataset
+        args.checkpoint_dir = f"checkpoints/{args.dataset}"
+        if os.path.isfile("checkpoints/cifar/checkpoint.pth") and not os.path.exists(args.checkpoint_dir):
+            print("note: checkpoints/cifar/ holds a run from before the per-dataset default folders; "
+                  "pass --checkpoint-dir checkpoints/cifar to continue it")
     return args
 
 

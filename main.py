@@ -20,7 +20,7 @@ def get_args(argv=None):
     p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS, help="ImageNet ResNet")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
-    return p.parse_args(argv)
+    return options.parse(p, argv)
 
 
 def lr_at(epoch, args):

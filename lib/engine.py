@@ -98,8 +98,11 @@ class SeededSampler(torch.utils.data.Sampler):
 def sample_seed(seed, epoch, index):
     """The seed of one image's augmentation: (seed, epoch, index) hashed by numpy's SeedSequence
     into the 32 bits the CPU generator keeps (it drops higher bits: a seed built by shifting
-    epoch and seed above bit 31 repeats every two epochs). Any int64 --seed works."""
-    return int(np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(1, np.uint32)[0])
+    epoch and seed above bit 31 repeats every two epochs). Any int64 --seed works. The entropy is
+    four 32-bit words of fixed layout: SeedSequence splits a big int into words and pads with zeros,
+    so [2**32, 5, 0] and [0, 1, 5] would otherwise hash alike."""
+    s = seed % 2**64
+    return int(np.random.SeedSequence([s & 0xFFFFFFFF, s >> 32, epoch, index]).generate_state(1, np.uint32)[0])
 
 
 class SeededDataset(torch.utils.data.Dataset):
@@ -205,9 +208,12 @@ def load_method_head(method, ck, path):
 # so a new option is protected without being listed.
 RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluation settings)
     "workers", "device", "checkpoint_dir", "log_dir", "resume", "evaluate", "no_auto_resume", "start_epoch",
-    "world_size", "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last", "amp",
-    "baselines", "retrievals", "knn_k", "knn_source", "download", "export_features", "export_embedding"}
-ANY_RESUME_KEYS = {"epochs", "print_freq"}  # may change on any resume (said)
+    "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last",
+    "baselines", "retrievals", "knn_source", "download", "export_features", "export_embedding"}
+# may change on any resume (said): the length, the logging, the evaluation's k and test subset (the
+# kNN figures and model_best's choice change with them), autocast, the number of processes (the
+# per-process batch and so BatchNorm's statistics change), the init (spent after the first step)
+ANY_RESUME_KEYS = {"epochs", "print_freq", "knn_k", "test_subset", "amp", "world_size", "init"}
 EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "iter_size", "data",
                         "warmup_epochs", "sync_bn"}  # only with an explicit --resume (said)
 
@@ -224,6 +230,9 @@ def check_same_run(args, ck, path, auto):
     old, new = ck.get("args"), plain_args(args)
     if not isinstance(old, dict):
         return  # the authors' files carry no arguments
+    # a flag newer than the checkpoint: its run had the flag's default behaviour
+    defaults = getattr(args, "parser_defaults", {})
+    old = {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
     diff = {k: (old[k], new[k]) for k in old.keys() & new.keys()
             if k not in RUNTIME_KEYS and not _same(k, old[k], new[k])}
     allowed = ANY_RESUME_KEYS | (set() if auto else EXPLICIT_RESUME_KEYS)

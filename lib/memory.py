@@ -27,14 +27,16 @@ class _UpdateOnBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bank, y):
-        ctx.bank = bank
+        ctx.bank, ctx.done = bank, False
         ctx.save_for_backward(x, y)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        ctx.bank.update(x, y)
+        if not ctx.done:  # once per forward, even through retain_graph and a second backward
+            x, y = ctx.saved_tensors
+            ctx.bank.update(x, y)
+            ctx.done = True
         return grad, None, None
 
 

@@ -101,6 +101,14 @@ def warmup_lr(epoch, args):
     return args.lr / 100 * (99 * epoch / W + 1) if epoch < W else None
 
 
+def parse(p, argv=None):
+    """p.parse_args, keeping each flag's default beside the values (not saved: a dict), so that a
+    resume can tell what a checkpoint older than a flag was run with."""
+    args = p.parse_args(argv)
+    args.parser_defaults = {k: p.get_default(k) for k in vars(args)}
+    return args
+
+
 def step_lr(epoch, args, milestones):
     """lr * 0.1 per milestone passed, or cosine decay with --cos (over the epochs after the warm-up)."""
     import math

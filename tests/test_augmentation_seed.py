@@ -75,3 +75,11 @@ def test_sample_seeds_spread():
     """Distinct (epoch, index) pairs get distinct seeds (no structure like i + 2^31 * parity)."""
     seeds = {engine.sample_seed(0, e, i) for e in range(200) for i in range(50)}
     assert len(seeds) >= 9990  # 10000 draws from 2^32: a collision or two at most
+
+
+def test_seeds_above_32_bits_do_not_alias_epochs():
+    """SeedSequence splits a big int into 32-bit words: the fields must keep a fixed layout."""
+    assert engine.sample_seed(2**32, 5, 0) != engine.sample_seed(0, 1, 5)
+    assert engine.sample_seed(3 * 2**32 + 7, 0, 0) != engine.sample_seed(7, 3, 0)
+    seeds = {engine.sample_seed(j + k * 2**32, e, i) for j in range(3) for k in range(3) for e in range(3) for i in range(3)}
+    assert len(seeds) == 81

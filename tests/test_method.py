@@ -298,3 +298,25 @@ def test_one_training_step_matches_closed_form():
     want = V0.clone()
     want[y] = F.normalize(m * V0[y] + (1 - m) * f, dim=1)
     assert torch.allclose(bank.memory, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("nce", [True, False])
+def test_authors_loop_updates_once_under_autocast_and_retain_graph(nce):
+    """Under bf16 the scores see a copy of the bank, so autograd's version check cannot stop a
+    second backward: the update itself must run once per forward."""
+    N, D, K, T, m = 40, 8, 5, 0.1, 0.5
+    torch.manual_seed(0)
+    bank = NCEAverage(D, N, K, T, m) if nce else LinearAverage(D, N, T, m)
+    criterion = NCECriterion(N) if nce else torch.nn.CrossEntropyLoss()
+    w = torch.randn(D, D, requires_grad=True)
+    y = torch.tensor([1, 2, 3])
+    V = bank.memory.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f = F.normalize(torch.randn(3, D) @ w, dim=1)
+        out = bank(f, y)
+    loss = criterion(out.float(), y)
+    loss.backward(retain_graph=True)
+    once = bank.memory.clone()
+    assert not torch.equal(once, V)
+    loss.backward()
+    assert torch.equal(bank.memory, once)

@@ -46,6 +46,20 @@ def test_auto_resume_refuses_another_run(run_dir, tmp_path, cifar_dir, cifar100_
     assert {f: (c / f).read_bytes() for f in before} == before  # neither trained on nor logged to
 
 
+def test_a_flag_newer_than_the_checkpoint_counts_as_its_default(run_dir, tmp_path, cifar_dir):
+    c = _copy(run_dir, tmp_path / "c")
+    ck = torch.load(c / "checkpoint.pth", weights_only=True)
+    for k in ("gpu_aug", "prox", "init"):
+        del ck["args"][k]  # as a checkpoint written before these flags existed
+    torch.save(ck, c / "checkpoint.pth")
+    r = run_script("cifar.py", "--data", cifar_dir, "--epochs", "2", *COMMON, "--gpu-aug", "--checkpoint-dir", c)
+    assert "--gpu-aug False -> True" in one_error_line(r)
+    r = run_script("cifar.py", "--data", cifar_dir, "--epochs", "2", *COMMON, "--test-subset", "30",
+                   "--checkpoint-dir", c)
+    assert r.returncode == 0, r.stderr  # the defaults, and an evaluation-only change (said)
+    assert "resuming with --test-subset 30" in r.stdout
+
+
 def test_explicit_resume_may_change_only_the_safe_settings(run_dir, tmp_path, cifar_dir):
     c = _copy(run_dir, tmp_path / "c")
     ck = c / "checkpoint.pth"
