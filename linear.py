@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 
 import torch
@@ -24,7 +23,7 @@ from datasets import ImageFolderInstance, InstanceSubset
 from lib import checkpoint as ckpt
 from lib import dist as du
 from lib import engine, features, options
-from lib.errors import UserError
+from lib.errors import UserError, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
              "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
@@ -390,12 +389,7 @@ def _run(args):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        return _run(args)
-    except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
-        du.cleanup()
-        sys.exit(2)
+    return exit_on_error(_run, args, cleanup=du.cleanup)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ linear classifier on the 128-d embedding) instead of instance discrimination. Sa
 similarities). `--epochs 0` writes the untrained network (the same init as cifar.py's, same seed).
   python supervised.py --dataset fashion-mnist --train-subset 10000 --arch ResNet10 --width 16 --cos --epochs 40"""
 import os
-import sys
 import time
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 import cifar
 from lib import checkpoint as ckpt
 from lib import engine
-from lib.errors import UserError
+from lib.errors import exit_on_error
 
 
 @torch.no_grad()
@@ -66,13 +65,9 @@ def train(args):
 
 def main(argv=None):
     args = cifar.get_args(argv)
-    if args.checkpoint_dir == "checkpoints/cifar":  # cifar.py's default: keep NPID's checkpoints apart
-        args.checkpoint_dir = "checkpoints/supervised"
-    try:
-        train(args)
-    except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
+    if args.checkpoint_dir == f"checkpoints/{args.dataset}":  # cifar.py's default: keep NPID's runs apart
+        args.checkpoint_dir = f"checkpoints/supervised_{args.dataset}"
+    exit_on_error(train, args)
 
 
 if __name__ == "__main__":

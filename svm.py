@@ -3,7 +3,6 @@ FAIR's benchmark / mmselfsup; see lib/svm.py), on VOC 2007 or any single-label d
   python svm.py --dataset voc07 --data VOCdevkit/VOC2007 --pretrained CKPT            # feat5, mhead pooling
   python svm.py --dataset fashion-mnist --data ./data --pretrained CKPT --layer embed --knn 200"""
 import argparse
-import sys
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ import main as imagenet
 import test as knn
 from datasets import InstanceSubset, VOC2007Instance
 from lib import features, svm
-from lib.errors import UserError
+from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
 
 DATASETS = ("voc07", "imagenet", "cifar10", "cifar100", "fashion-mnist")
@@ -188,11 +187,7 @@ def run(args):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
+    exit_on_error(run, args)
 
 
 if __name__ == "__main__":

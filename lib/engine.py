@@ -4,7 +4,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,7 +18,7 @@ from . import checkpoint as ckpt
 from . import dist as du
 from . import export
 from . import report
-from .errors import IO_ERRORS, UserError, one_line
+from .errors import UserError, exit_on_error
 from .methods import NPID, build_bank, build_method  # noqa: F401 (build_bank: the bank alone, for tools)
 
 
@@ -402,15 +401,7 @@ def fmt(res):
 
 def run(args, make_task):
     """make_task() -> Task; any UserError on the way is one line on stderr and exit status 2."""
-    try:
-        return _run(args, make_task)
-    except (UserError, *IO_ERRORS) as e:  # I/O faults too (disk full, unreadable file, ...): see lib/errors.py
-        sys.stderr.write(f"error: {one_line(e)}\n")  # not print: under torchrun print is muted on ranks > 0
-        du.cleanup()
-        sys.exit(2)
-    except KeyboardInterrupt:
-        du.cleanup()
-        sys.exit(130)
+    return exit_on_error(_run, args, make_task, cleanup=du.cleanup)  # I/O faults too: see lib/errors.py
 
 
 def _run(args, make_task):

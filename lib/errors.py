@@ -1,6 +1,7 @@
 """The one-line error form: a problem with the user's input or environment is printed as
 `error: ...` on stderr with exit status 2, never a traceback (engine.run does this)."""
 import re
+import sys
 import zlib
 
 
@@ -12,6 +13,22 @@ class UserError(Exception):
 # engine.run from anywhere are turned into the same one line. Code that knows which file and what
 # to do about it (datasets, checkpoints) raises a UserError saying so instead.
 IO_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def exit_on_error(fn, *args, cleanup=None):
+    """fn(*args) for an entry script: a UserError or an I/O fault is one `error:` line on stderr and
+    exit status 2 (after cleanup(), e.g. leaving the process group), Ctrl-C is exit status 130."""
+    try:
+        return fn(*args)
+    except (UserError, *IO_ERRORS) as e:
+        sys.stderr.write(f"error: {one_line(e)}\n")  # not print: under torchrun print is muted on ranks > 0
+        if cleanup:
+            cleanup()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if cleanup:
+            cleanup()
+        sys.exit(130)
 
 
 def one_line(e):
