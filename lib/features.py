@@ -149,8 +149,11 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         raise UserError(f"{what}; give one of {', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
     cifar = arch in models.CIFAR_ARCHS
     width = ((ck or {}).get("args") or {}).get("width") or width or guess_width or 64
-    low_dim = sd["fc.weight"].shape[0] if "fc.weight" in sd else 128
-    model = models.__dict__[arch](low_dim=low_dim, **({"width": width} if cifar else {}))
+    head = ((ck or {}).get("args") or {}).get("head") or "linear"  # --head mlp / mlp-bn: fc.0, fc.2, ...
+    fc = sorted((k for k in sd if k.startswith("fc.") and k.endswith("weight") and sd[k].dim() == 2),
+                key=lambda k: (k.count("."), k.split(".")[1].zfill(4)))
+    low_dim = sd[fc[-1]].shape[0] if fc else 128  # the out dim of the last Linear of the head
+    model = models.__dict__[arch](low_dim=low_dim, head=head, **({"width": width} if cifar else {}))
     own = model.state_dict()
     bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
@@ -166,7 +169,7 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
     info = dict(arch=arch, width=width if cifar else None, low_dim=low_dim, cifar=cifar,
                 source="npid" if ck is not None else "torchvision", epoch=(ck or {}).get("epoch"),
                 args=(ck or {}).get("args") or {}, path=ckpt_path, sha256=sha, state_dict=sd,
-                has_fc="fc.weight" in sd)
+                has_fc=bool(fc), head=head)
     return model.to(device).eval(), info
 
 

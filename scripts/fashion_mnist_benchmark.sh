@@ -34,7 +34,7 @@ for m in npid npid_mlp npid_cld; do
   grep "final kNN" "$OUT/$m.txt"
   if [ -f linear.py ]; then
     "$PY" linear.py --dataset fashion-mnist --data "$DATA" --pretrained "$OUT/$m/checkpoint.pth" --cached \
-      > "$OUT/$m.linear.txt" 2>&1 || echo "linear.py failed for $m (see $OUT/$m.linear.txt)"
+      --checkpoint-dir "$OUT/linear_$m" > "$OUT/$m.linear.txt" 2>&1 || echo "linear.py failed for $m (see $OUT/$m.linear.txt)"
   fi
 done
 # the zalando benchmark's best raw-pixel kNN (github.com/zalandoresearch/fashion-mnist, benchmark table)

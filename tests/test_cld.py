@@ -162,6 +162,13 @@ def test_mlp_head_end_to_end(cifar_dir, tmp_path):
     ck = _load(tmp_path)
     assert [k for k in ck["state_dict"] if k.startswith("fc.")] == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]
     assert ck["state_dict"]["fc.0.weight"].shape == (64, 64) and "method_head" not in ck  # hidden = backbone width
+    # linear evaluation and export read it: the backbone without the head, the embedding with it
+    from lib import features
+    model, info = features.load_backbone(str(tmp_path / "checkpoint.pth"))
+    assert info["head"] == "mlp" and info["low_dim"] == 128 and info["has_fc"]
+    x = torch.randn(2, 3, 32, 32)
+    out = features.taps(model, x, ["avgpool", "embed"])
+    assert out["avgpool"].shape == (2, 64) and out["embed"].shape == (2, 128)
 
 
 def test_torchrun_cld_gpu_aug(cifar_dir, tmp_path):
