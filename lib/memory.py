@@ -6,6 +6,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dist import broadcast_model
+
 
 def _world():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -65,11 +67,8 @@ class MemoryBank(nn.Module):
     def momentum(self):
         return float(self.params[-1])
 
-    @torch.no_grad()
     def sync_from_rank0(self):
-        if _world() > 1:
-            for b in self.buffers():
-                dist.broadcast(b, 0)
+        broadcast_model(self)  # the bank's buffers: memory and params
 
     def _update_after_backward(self, x, y):
         if self.training and torch.is_grad_enabled() and x.requires_grad:
