@@ -156,10 +156,19 @@ def test_cld_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path, capsys):
     assert e.value.code == 2 and "--cld True -> False" in capsys.readouterr().err  # the run-identity check
 
 
-def test_mlp_head_end_to_end(cifar_dir, tmp_path):
-    cifar.main(["--data", cifar_dir, "-b", "40", *TINY, "--head", "mlp", "--nce-k", "16", "--nce-loss", "ce",
-                "--epochs", "1", "--retrievals", "0", "--device", "cpu", "--checkpoint-dir", str(tmp_path)])
-    ck = _load(tmp_path)
+def test_mlp_head_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path):
+    common = ["--data", cifar_dir, "-b", "40", *TINY, "--head", "mlp", "--nce-k", "16", "--nce-loss", "ce",
+              "--retrievals", "0", "--device", "cpu"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, ep in ((a, 2), (b, 1), (b, 2)):  # 2 epochs at once, and 1 + resume 1
+        cifar.main([*common, "--epochs", str(ep), "--checkpoint-dir", str(d)])
+    ck, cb = _load(a), _load(b)
+    assert ck["epoch"] == cb["epoch"] == 2
+    for k in ck["state_dict"]:
+        assert torch.equal(ck["state_dict"][k], cb["state_dict"][k]), k
+    assert torch.equal(ck["memory"]["memory"], cb["memory"]["memory"])
+    assert torch.equal(ck["memory"]["params"], cb["memory"]["params"])  # Z, estimated once, restored
+    tmp_path = a
     assert [k for k in ck["state_dict"] if k.startswith("fc.")] == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]
     assert ck["state_dict"]["fc.0.weight"].shape == (64, 64) and "method_head" not in ck  # hidden = backbone width
     # linear evaluation and export read it: the backbone without the head, the embedding with it
