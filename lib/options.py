@@ -48,7 +48,8 @@ def parser(description, defaults):
     g = p.add_argument_group("NPID+CLD (Wang, Liu, Yu, CVPR 2021; off by default)")
     g.add_argument("--cld", action="store_true", help="add Cross-Level Discrimination: two views, a group head, "
                    "batch k-means, the cross-level loss (lib/methods.py)")
-    g.add_argument("--cld-clusters", default=128, type=int, help="k-means clusters per batch (theirs: 128 CIFAR-10, 200 CIFAR-100)")
+    g.add_argument("--cld-clusters", default=None, type=int,
+                   help="k-means clusters per batch (default: theirs, 200 for CIFAR-100, else 128 as for CIFAR-10)")
     g.add_argument("--cld-iters", default=5, type=int, help="k-means iterations")
     g.add_argument("--cld-t", default=0.2, type=float, help="temperature of the cross-level loss")
     g.add_argument("--cld-lambda", default=1.0, type=float, help="weight of the cross-level loss")
@@ -106,6 +107,12 @@ def parse(p, argv=None):
     resume can tell what a checkpoint older than a flag was run with."""
     args = p.parse_args(argv)
     args.parser_defaults = {k: p.get_default(k) for k in vars(args)}
+    if "cld_clusters" in vars(args):
+        # CLD's clusters per batch (train_cifar*_npid_cld.sh: --clusters 128 / 200). A run without --cld
+        # keeps 128, the value every checkpoint before this default was saved with.
+        args.parser_defaults["cld_clusters"] = 128
+        if args.cld_clusters is None:
+            args.cld_clusters = 200 if args.cld and getattr(args, "dataset", None) == "cifar100" else 128
     return args
 
 
