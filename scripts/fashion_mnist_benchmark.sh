@@ -59,7 +59,7 @@ t = cifar.task(args)  # the same split as the runs above
 def pixels(ds):
     base = getattr(ds, "dataset", ds)
     idx = getattr(ds, "indices", range(len(base)))
-    return base.data[list(idx)].reshape(len(idx), -1).numpy().astype(np.float64), np.array(ds.targets)
+    return base.data[list(idx)].reshape(len(idx), -1).numpy().astype(np.float64), np.asarray([int(y) for y in ds.targets])
 (xtr, ytr), (xte, yte) = pixels(t.train_eval), pixels(t.val)
 scaler = StandardScaler().fit(xtr)  # runner.py: fitted on the training images, applied to both
 xtr, xte = scaler.transform(xtr), scaler.transform(xte)
