@@ -180,12 +180,13 @@ def load_model_weights(model, ck, args, path):
         what = (f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad else
                 f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
         saved = ck.get("args") if isinstance(ck.get("args"), dict) else {}
+        hint = ""
         for flag in ("head", "width", "low_dim"):  # the usual cause, named by the checkpoint itself
             if flag in saved and flag in vars(args) and saved[flag] != getattr(args, flag):
                 opt = "--" + flag.replace("_", "-")
-                raise UserError(f"--resume: '{path}' was trained with {opt} {saved[flag]}, not {getattr(args, flag)}: "
-                                f"add {opt} {saved[flag]} ({what})")
-        raise UserError(f"--resume: '{path}' does not fit --arch {args.arch} --low-dim {args.low_dim} ({what})")
+                hint = f": it was trained with {opt} {saved[flag]}, not {getattr(args, flag)}; add {opt} {saved[flag]}"
+                break
+        raise UserError(f"--resume: '{path}' does not fit --arch {args.arch} --low-dim {args.low_dim} ({what}){hint}")
     model.load_state_dict(sd, strict=False)  # BN counters absent from the authors' files stay 0
 
 

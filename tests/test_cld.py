@@ -218,7 +218,7 @@ def test_mlp_head_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cifar.main([*common, "--test-only", "--resume", str(tmp_path / "checkpoint.pth"), "--head", "linear", "--checkpoint-dir", str(tmp_path / "eval")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "trained with --head mlp, not linear: add --head mlp" in err and len(err.splitlines()) == 1
+    assert e.value.code == 2 and "trained with --head mlp, not linear; add --head mlp" in err and len(err.splitlines()) == 1
 
 
 def test_torchrun_cld_gpu_aug(cifar_dir, tmp_path):
