@@ -86,7 +86,8 @@ def linear(m):
 def mins(secs):
     return f"{secs // 60} min {secs % 60} s"
 names = {"npid": "NPID (paper, linear head)", "npid_mlp": "NPID + MLP head (`--head mlp`)", "npid_cld": "NPID+CLD (`--cld`)"}
-print(f"\n| {final('npid')['epoch']} epochs, ResNet10 width 16 | kNN top-1 | classifier top-1 | time |")
+b = final("npid")  # its last line: the final figures, the epochs and the two baselines
+print(f"\n| {b['epoch']} epochs, ResNet10 width 16 | kNN top-1 | classifier top-1 | time |")
 print("|---|---|---|---|")
 for m, name in names.items():
     if not os.path.exists(os.path.join(out, m + ".seconds")):
@@ -96,7 +97,6 @@ for m, name in names.items():
     secs = int(open(os.path.join(out, m + ".seconds")).read())
     what = "training + kNN" + (" + the two baselines below" if m == "npid" else "")
     print(f"| {name} | {f['final_knn_top1']:.2f} | {linear(m)} | {what}: {mins(secs)} |")
-b = final("npid")
 print(f"| untrained network (same net and kNN) | {b['random_init']:.2f} | - | in the NPID run |")
 print(f"| raw pixels (same kNN) | {b['raw_pixels']:.2f} | - | in the NPID run |")
 zal = {"zalando_knn": "raw pixels, zalando's best kNN: standardised, `KNeighborsClassifier(n_neighbors=5, weights='distance', p=1)` (published 85.4)",

@@ -194,12 +194,11 @@ def test_mlp_head_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path, capsys):
         assert torch.equal(ck["state_dict"][k], cb["state_dict"][k]), k
     assert torch.equal(ck["memory"]["memory"], cb["memory"]["memory"])
     assert torch.equal(ck["memory"]["params"], cb["memory"]["params"])  # Z, estimated once, restored
-    tmp_path = a
     assert [k for k in ck["state_dict"] if k.startswith("fc.")] == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]
     assert ck["state_dict"]["fc.0.weight"].shape == (64, 64) and "method_head" not in ck  # hidden = backbone width
     # linear evaluation and export read it: the backbone without the head, the embedding with it
     from lib import features
-    model, info = features.load_backbone(str(tmp_path / "checkpoint.pth"))
+    model, info = features.load_backbone(str(a / "checkpoint.pth"))
     assert info["head"] == "mlp" and info["low_dim"] == 128 and info["has_fc"]
     x = torch.randn(2, 3, 32, 32)
     out = features.taps(model, x, ["avgpool", "embed"])
@@ -207,16 +206,16 @@ def test_mlp_head_end_to_end_and_resume_bit_exact(cifar_dir, tmp_path, capsys):
     # the command lines: export (no fc.*), the linear probe on the 64-d backbone feature
     import export_backbone
     import linear
-    export_backbone.main([str(tmp_path / "checkpoint.pth"), str(tmp_path / "bb.pth")])
-    bb = torch.load(tmp_path / "bb.pth", weights_only=True)
+    export_backbone.main([str(a / "checkpoint.pth"), str(a / "bb.pth")])
+    bb = torch.load(a / "bb.pth", weights_only=True)
     assert bb and not any(k.startswith("fc.") for k in bb)
     assert all(torch.equal(v, ck["state_dict"][k]) for k, v in bb.items())
-    linear.main(["--dataset", "cifar10", "--data", cifar_dir, "--pretrained", str(tmp_path / "checkpoint.pth"),
-                 "--cached", "--epochs", "1", "-j", "0", "--checkpoint-dir", str(tmp_path / "lin")])
+    linear.main(["--dataset", "cifar10", "--data", cifar_dir, "--pretrained", str(a / "checkpoint.pth"),
+                 "--cached", "--epochs", "1", "-j", "0", "--checkpoint-dir", str(a / "lin")])
     assert "avgpool 64-d" in capsys.readouterr().out
     # evaluated without --head mlp: one line naming the flag
     with pytest.raises(SystemExit) as e:
-        cifar.main([*common, "--test-only", "--resume", str(tmp_path / "checkpoint.pth"), "--head", "linear", "--checkpoint-dir", str(tmp_path / "eval")])
+        cifar.main([*common, "--test-only", "--resume", str(a / "checkpoint.pth"), "--head", "linear", "--checkpoint-dir", str(a / "eval")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "trained with --head mlp, not linear; add --head mlp" in err and len(err.splitlines()) == 1
 
