@@ -5,7 +5,7 @@ import os
 from torchvision import transforms
 
 import models
-from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset
+from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset, num_classes
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
@@ -85,7 +85,7 @@ def task(args):
     val = sub(open_(False, test_tf), args.test_subset)
     mean, std = STATS[args.dataset]
     gpu_augment = GPUAugment(image_size(args), mean, std, flip=args.cld, order="jgf") if args.gpu_aug else None
-    return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=int(max(train_eval.targets)) + 1,
+    return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=num_classes(train_eval),
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, width=args.width, init=args.init,
                                                                                head=args.head),
                        lr_at=lr_at, mean=mean, std=std, gpu_augment=gpu_augment)

@@ -4,14 +4,19 @@
     torchvision.models.resnet50().load_state_dict(torch.load("OUT.pth"), strict=False)  # missing: fc.* only
 
 For detectron2: python detectron2/tools/convert-torchvision-to-d2.py OUT.pth OUT.pkl (see README)."""
-import sys
+import os
 
 from lib import checkpoint as ckpt
 from lib import features, options
-from lib.errors import UserError
+from lib.errors import UserError, exit_on_error
 
 
-def export(src, out, arch=None, width=None):
+def export(src, out, arch=None, width=None, force=False):
+    if os.path.exists(out) and os.path.exists(src) and os.path.samefile(src, out):
+        raise UserError(f"OUT '{out}' is the input checkpoint itself: it would replace the training checkpoint "
+                        "(bank, optimizer, args) with a bare backbone; give another OUT")
+    if os.path.exists(out) and not force:
+        raise UserError(f"OUT '{out}' exists; give another name, or --force to replace it")
     model, info = features.load_backbone(src, arch, width)
     # the 128-d NPID projection is not part of a torchvision backbone (its fc is the 1000 classes)
     sd = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -25,12 +30,13 @@ def main(argv=None):
     p.add_argument("out", metavar="OUT.pth")
     p.add_argument("-a", "--arch", default=None, help="only for files that do not name it")
     p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width, only for files that do not name it")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (never the input checkpoint)")
     args = p.parse_args(argv)
-    try:
-        info, sd = export(args.checkpoint, args.out, args.arch, args.width)
-    except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
+    exit_on_error(_main, args)
+
+
+def _main(args):
+    info, sd = export(args.checkpoint, args.out, args.arch, args.width, args.force)
     if info["cifar"]:  # torchvision's stem is 7x7 + max-pool: the CIFAR network needs its own
         how = (f"models.{info['arch']}(width={info['width']}), or a torchvision ResNet with conv1 = 3x3 stride 1 "
                "and maxpool = Identity")

@@ -1,10 +1,10 @@
-"""Linear evaluation of a frozen NPID backbone, as the papers do it (NPID_SPEC.md section 9).
+"""Linear evaluation of a frozen NPID backbone, as the papers do it (mmselfsup's linear benchmarks).
 
 python linear.py DATA --pretrained CKPT                                  # ImageNet layout, AvgPool head
 python linear.py --dataset cifar10 --data DIR --pretrained CKPT [--head multi] [--cached] [--lr-grid 0.1,1,10,30]
 
 --head avgpool: MoCo main_lincls / mmselfsup resnet50_linear (Linear on the 2048-d pooled feature);
---head multi: mmselfsup resnet50_mhead_linear (feat1..feat5, each pooled -> BN -> Linear)."""
+--head multi: mmselfsup resnet50_mhead_linear (feat1..feat5, each pooled -> per-channel BN -> Linear)."""
 import argparse
 import contextlib
 import hashlib
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 import cifar
-from datasets import ImageFolderInstance, InstanceSubset
+from datasets import ImageFolderInstance, InstanceSubset, num_classes
 from lib import checkpoint as ckpt
 from lib import dist as du
 from lib import engine, features, options
@@ -60,14 +60,15 @@ def get_args(argv=None):
     g = p.add_argument_group("run")
     g.add_argument("-j", "--workers", default=4, type=int)
     g.add_argument("-p", "--print-freq", default=50, type=int)
-    g.add_argument("--checkpoint-dir", default="checkpoints/linear", help="the head's checkpoints (auto-resume)")
+    g.add_argument("--checkpoint-dir", default=None, help="the head's checkpoints (auto-resume of the same run "
+                   "only); default: checkpoints/linear/DATASET-HEAD-SHA, one folder per pretrained file")
     g.add_argument("--no-auto-resume", action="store_true")
     g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
     g.add_argument("--seed", default=0, type=int)
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone")
     options.add_distributed(p)
-    args = p.parse_args(argv)
+    args = options.parse(p, argv)
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
     for k, v in PROTOCOLS[args.head].items():  # what the user did not set comes from the recipe
         if getattr(args, k, None) is None:
@@ -79,8 +80,10 @@ def check_args(args):
     if args.dataset == "imagenet" and not args.root:
         p = "give DATA (ImageNet layout)" if not args.data else "for --data give --dataset cifar10|cifar100|fashion-mnist"
         raise UserError(f"linear.py: {p}")
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.weight_decay < 0:
-        raise UserError("--epochs and -b must be >= 1, --lr > 0 and --wd >= 0")
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.weight_decay < 0 or args.momentum < 0:
+        raise UserError("--epochs and -b must be >= 1, --lr > 0, --wd >= 0 and --momentum >= 0")
+    if args.workers < 0 or args.print_freq < 1:
+        raise UserError(f"-j must be >= 0 and -p >= 1 (got -j {args.workers}, -p {args.print_freq})")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} must be divisible by the {args.world_size} processes")
     try:
@@ -89,6 +92,8 @@ def check_args(args):
     except ValueError:
         raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
                         f"'{args.lr_grid}')") from None
+    if any(g <= 0 or not math.isfinite(g) for g in args.grid):  # lr 0 is an untrained head, not a candidate
+        raise UserError(f"--lr-grid values must be > 0 (got '{args.lr_grid}')")
     bad = [t for t in args.taps.split(",") if t not in features.HEADS]
     if args.head == "multi" and bad:
         raise UserError(f"--taps: unknown layer '{bad[0]}' (choose from {', '.join(features.HEADS)})")
@@ -117,7 +122,7 @@ def datasets_for(args):
         train_tf = transforms.Compose(aug + [transforms.Normalize(MEAN, STD)])
         val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                      transforms.Normalize(MEAN, STD)])
-        open_ = lambda train, tf: ImageFolderInstance.open(os.path.join(args.root, "train" if train else "val"), tf)
+        open_ = lambda train, tf: ImageFolderInstance.open_split(args.root, "train" if train else "val", tf)
     else:  # native size: RandomResizedCrop + flip for training, the plain image for evaluation
         mean, std = cifar.STATS[args.dataset]
         size = cifar.NATIVE_SIZE[args.dataset]
@@ -128,7 +133,7 @@ def datasets_for(args):
     sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=0)
     train, train_eval = sub(open_(True, train_tf), args.train_subset), sub(open_(True, val_tf), args.train_subset)
     val = sub(open_(False, val_tf), args.test_subset)
-    return train, train_eval, val, int(max(map(int, train_eval.targets))) + 1
+    return train, train_eval, val, num_classes(train_eval)
 
 
 def holdout_split(n, frac, seed):
@@ -141,18 +146,30 @@ def holdout_split(n, frac, seed):
 # --- the head -----------------------------------------------------------------------------
 
 class Head(nn.Module):
-    """One Linear per tap, N(0, 0.01) and bias 0; with `norm`, BatchNorm1d(affine=False) before it."""
+    """One Linear per tap, N(0, 0.01) and bias 0. With `channels` ({tap: C}), the multi-head's norm
+    first: BatchNorm(affine=False) per channel of the pooled C x g x g map, then flatten, as OpenSelfSup's
+    MultiClsHead (heads/multi_cls_head.py: `norms` of FEAT_CHANNELS, applied in forward between the
+    pooling and view(N, -1); r50_multihead.py: BN momentum 0.1, affine=False). The flattened input is
+    channel-major, so BatchNorm1d(C) over the N x C x (g*g) view is that BatchNorm2d."""
 
-    def __init__(self, dims, num_classes, norm):
+    def __init__(self, dims, num_classes, channels=None):
         super().__init__()
-        self.norms = nn.ModuleDict({n: nn.BatchNorm1d(d, affine=False) if norm else nn.Identity() for n, d in dims.items()})
+        self.channels = dict(channels or {})
+        self.norms = nn.ModuleDict({n: nn.BatchNorm1d(self.channels[n], affine=False) if n in self.channels
+                                    else nn.Identity() for n in dims})
         self.fcs = nn.ModuleDict({n: nn.Linear(d, num_classes) for n, d in dims.items()})
         for fc in self.fcs.values():
             nn.init.normal_(fc.weight, 0, 0.01)
             nn.init.zeros_(fc.bias)
 
     def forward(self, feats):
-        return {n: fc(self.norms[n](feats[n].float())) for n, fc in self.fcs.items()}
+        out = {}
+        for n, fc in self.fcs.items():
+            x = feats[n].to(fc.weight.dtype)  # float32 (bf16 features of --amp too); float64 in the tests
+            if n in self.channels:  # N x (C*g*g) -> N x C x g*g: statistics per channel, over images and positions
+                x = self.norms[n](x.view(len(x), self.channels[n], -1)).flatten(1)
+            out[n] = fc(x)
+        return out
 
 
 def check_frozen(backbone, reference):
@@ -241,10 +258,17 @@ def fmt(res):
 
 # --- one training of a head, resumable --------------------------------------------------------
 
-def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, reduce):
+# linear.py's run identity: every setting counts (lib/engine.check_same_run) except how it is run;
+# the pretrained file counts by its sha256, not by its path
+RUNTIME_KEYS = {"workers", "print_freq", "device", "checkpoint_dir", "cache_dir", "log_dir", "no_auto_resume",
+                "rank", "dist_url", "dist_backend", "distributed", "gpu", "download", "pretrained"}
+ANY_RESUME_KEYS = {"world_size"}  # the global batch stays; said when it changes
+
+
+def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, reduce, channels=None):
     """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
     torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
-    head = Head(dims, num_classes, norm=args.head == "multi").to(args.device)
+    head = Head(dims, num_classes, channels).to(args.device)
     train_head = head
     if args.distributed and not args.cached:  # cached: every rank trains the same head on all features
         train_head = nn.parallel.DistributedDataParallel(head, device_ids=[torch.device(args.device).index]
@@ -252,14 +276,15 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                           nesterov=args.nesterov)
     path = os.path.join(args.checkpoint_dir, f"linear-{tag}.pth")
-    run_id = dict(pretrained=args.sha256, head=args.head, lr=lr, epochs=args.epochs, cached=args.cached,
-                  dataset=args.dataset, wd=args.weight_decay, milestones=args.milestones, b=args.batch_size)
+    run_id = {**engine.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
     start, res = 0, None
     if os.path.isfile(path) and not args.no_auto_resume:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["run"] != run_id:
-            raise UserError(f"'{path}' belongs to another run ({ck['run']}); use --no-auto-resume or another "
-                            "--checkpoint-dir")
+        ck = ckpt.read(path, "linear head checkpoint")
+        if not isinstance(ck, dict) or not isinstance(ck.get("args"), dict) or "head_lr" not in ck["args"]:
+            raise UserError(f"'{path}' is not a head checkpoint of this linear.py; use another --checkpoint-dir, "
+                            "or --no-auto-resume to start afresh there (it will be overwritten)")
+        engine.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
+                              new=run_id)
         head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"])
         start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
@@ -275,9 +300,8 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
         res = evaluate(head, val_b, num_classes, reduce)
         print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
         if du.is_main_process():
-            ckpt.save_atomic({"run": run_id, "epoch": epoch + 1, "head": head.state_dict(),
-                              "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()},
-                              "args": engine.plain_args(args)}, path)
+            ckpt.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
+                              "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()}}, path)
             writer.add_scalar(f"{tag}/loss", loss, epoch)
             for n, (a, b) in res.items():
                 writer.add_scalar(f"{tag}/{n}_top1", a, epoch)
@@ -296,8 +320,8 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
                 pool=pool or "", amp=args.amp, version=1)
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
-    c = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else {}
-    if all(du.all_gather_object(c.get("meta") == meta)):  # extraction is collective: all ranks or none
+    c = ckpt.read(path, "feature cache") if os.path.isfile(path) else {}
+    if all(du.all_gather_object(isinstance(c, dict) and c.get("meta") == meta)):  # extraction is collective: all ranks or none
         print(f"=> cached {split} features from '{path}'")
         return c["feats"], c["labels"]
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // args.world_size),
@@ -343,25 +367,26 @@ def _run(args):
     check_args(args)
     print(f"git: {engine.git_sha()}")
     print("args: " + json.dumps(engine.plain_args(args), sort_keys=True))
-    args.cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, "cache")
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
     args.sha256 = info["sha256"]
     for p in backbone.parameters():
         p.requires_grad_(False)
-    if info["cifar"] != (args.dataset != "imagenet"):
-        raise UserError(f"'{args.pretrained}' holds a {info['arch']}, which does not fit --dataset {args.dataset} "
-                        f"({'CIFAR ResNets take' if info['cifar'] else 'ImageNet ResNets take'} "
-                        f"{'cifar10/cifar100/fashion-mnist' if info['cifar'] else 'imagenet'})")
+    features.check_fits(info, args.dataset)
+    if args.checkpoint_dir is None:  # one folder per pretrained file, dataset and protocol
+        args.checkpoint_dir = os.path.join("checkpoints", "linear", f"{args.dataset}-{args.head}-{args.sha256[:12]}")
+    args.cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, "cache")
+    print(f"=> head checkpoints in '{args.checkpoint_dir}'")
     train, train_eval, val, C = datasets_for(args)
     layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
     size = 224 if args.dataset == "imagenet" else cifar.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, pool or "avg")
+    channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
     autocast = engine.amp_context(args, torch.device(args.device))
     writer = None
     if du.is_main_process():
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
     make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
@@ -370,13 +395,14 @@ def _run(args):
     if args.grid:  # chosen on held-out training images, never on the test set
         held = {}
         for g in args.grid:
-            res = fit(args, f"grid-lr{g:g}", dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce)
+            res = fit(args, f"grid-lr{g:g}", dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce,
+                      channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = max(held, key=held.get)
         print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
-              writer, reduce)
+              writer, reduce, channels)
     if writer:
         writer.close()
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"

@@ -1,13 +1,10 @@
 """NPID on an ImageNet-layout folder: python main.py DATA (DATA/train, DATA/val)."""
-import os
-
 from torchvision import transforms
 
 import models
 from datasets import ImageFolderInstance
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
-from lib.errors import UserError
 from lib.methods import TwoViews
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -41,13 +38,9 @@ def task(args):
                                   transforms.Normalize(MEAN, STD)])
     if args.cld:  # two views of each image (the list already has the flip)
         train_tf = TwoViews(train_tf)
-    for sub in ("train", "val"):
-        if not os.path.isdir(os.path.join(args.data, sub)):
-            raise UserError(f"'{os.path.join(args.data, sub)}' is missing: DATA must hold train/ and val/ class folders")
-    train = ImageFolderInstance.open(os.path.join(args.data, "train"), train_tf)
     # val's labels are train's indices of the same folder names (not val's own sorted order)
-    val = ImageFolderInstance.open(os.path.join(args.data, "val"), test_tf, class_to_idx=train.class_to_idx)
-    return engine.Task(train=train, train_eval=ImageFolderInstance.open(os.path.join(args.data, "train"), test_tf),
+    train, val = (ImageFolderInstance.open_split(args.data, s, tf) for s, tf in (("train", train_tf), ("val", test_tf)))
+    return engine.Task(train=train, train_eval=ImageFolderInstance.open_split(args.data, "train", test_tf),
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
                        gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)

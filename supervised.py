@@ -14,7 +14,11 @@ import torch.nn.functional as F
 import cifar
 from lib import checkpoint as ckpt
 from lib import engine
-from lib.errors import exit_on_error
+from lib.errors import UserError, exit_on_error
+
+# cifar.py flags this script does not implement: set, they would be silently ignored (or crash)
+UNSUPPORTED = ("cld", "evaluate", "resume", "start_epoch", "amp", "compile", "iter_size", "sync_bn", "baselines",
+               "export_features", "export_embedding", "world_size")
 
 
 @torch.no_grad()
@@ -25,7 +29,18 @@ def accuracy(model, head, loader, device, t):
     return 100.0 * hits / len(loader.dataset)
 
 
+def check_args(args):
+    given = [k for k in UNSUPPORTED if getattr(args, k) != args.parser_defaults.get(k)]
+    if given:
+        flag = lambda k: "--test-only" if k == "evaluate" else "--" + k.replace("_", "-")
+        raise UserError(f"supervised.py does not implement {', '.join(map(flag, given))} "
+                        "(it trains the network with the labels, one process, from scratch)")
+    if args.epochs < 0 or args.batch_size < 1:
+        raise UserError("--epochs must be >= 0 and -b >= 1")
+
+
 def train(args):
+    check_args(args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.world_size, args.rank = 1, 0
     device = torch.device(args.device)

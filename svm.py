@@ -13,7 +13,7 @@ from torchvision import transforms
 import cifar
 import main as imagenet
 import test as knn
-from datasets import InstanceSubset, VOC2007Instance
+from datasets import InstanceSubset, VOC2007Instance, num_classes as classes_of
 from lib import features, svm
 from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
@@ -120,9 +120,36 @@ def knn_top1(x_train, y_train, x_test, y_test, num_classes, k, sigma):
     return 100.0 * hits / len(q)
 
 
-def run(args):
+def check_args(args):
     if args.layer not in features.LAYERS:
         raise UserError(f"unknown --layer '{args.layer}' (choose from {', '.join(features.LAYERS)})")
+    low = [f"{flag} {v} (must be >= {m})" for flag, v, m in (
+        ("--folds", args.folds, 2), ("--samples", args.samples, 1), ("--jobs", args.jobs, 1), ("--knn", args.knn, 0),
+        ("-b", args.batch_size, 1), ("-j", args.workers, 0), ("--train-subset", args.train_subset, 0),
+        ("--svm-train-subset", args.svm_train_subset, 0), ("--test-subset", args.test_subset, 0)) if v < m]
+    if low:
+        raise UserError("; ".join(low))
+    if not args.knn_t > 0:
+        raise UserError(f"--knn-t must be > 0 (got {args.knn_t})")
+
+
+def summary(ap, t_test, single, folds):
+    """'mAP=A' over all classes, or, when some class could not be scored (too few training
+    positives for the folds, or no test positive), a line that says over how many: a figure over
+    fewer classes than the dataset has must not read as the full one."""
+    n, scored = len(ap), np.isfinite(ap)
+    if scored.all():
+        return f"mAP={100 * np.mean(ap):.2f}", True
+    untrained = int((~scored & (t_test == 1).any(0)).sum())
+    why = ", ".join(w for w in (f"{untrained} with fewer than {folds} training positives" if untrained else "",
+                                f"{n - scored.sum() - untrained} with no test positive" if n - scored.sum() - untrained
+                                else "") if w)
+    mean = f"{100 * np.mean(ap[scored]):.2f}" if scored.any() else "-"
+    return f"partial mAP={mean} over {scored.sum()} of {n} classes ({why}: not the full figure)", False
+
+
+def run(args):
+    check_args(args)
     costs = parse_list(args.costs, "--costs") + (list(svm.SMALL_COSTS) if args.benchmark_costs else [])
     explicit_k = args.k_list is not None
     ks = parse_list(args.k_list, "--k-list", int) if explicit_k else list(svm.K_VALUES)
@@ -132,7 +159,7 @@ def run(args):
         raise UserError("--train-subset, --svm-train-subset, --test-subset and --knn apply to single-label datasets")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train, test, mean, std = datasets(args)
-    num_classes = 20 if args.dataset == "voc07" else int(max(train.targets)) + 1
+    num_classes = 20 if args.dataset == "voc07" else classes_of(train)  # the dataset's, not the subset's labels
     t_train, single = targets_of(train, num_classes)
     t_test, _ = targets_of(test, num_classes)
 
@@ -153,6 +180,8 @@ def run(args):
         layer = "pixels"
     else:
         model, info = features.load_backbone(args.pretrained, args.arch, args.width, device)
+        features.check_fits(info, args.dataset)
+        features.check_layers(info, [args.layer])
         pool = "mhead" if args.layer in features.HEADS else None
         x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool)[0]
                            for d in (train, test))
@@ -173,8 +202,9 @@ def run(args):
         res = svm.svm_full(x_train[rows], t_train[rows], x_test, t_test, costs, args.folds, args.jobs)
         print("svm AP per class: " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
               "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  (time {time.time() - t1:.1f} s)")
-        top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single else "-"
-        print(f"svm: mAP={100 * np.nanmean(res['ap']):.2f} top1={top1} layer={layer}")
+        line, full = summary(res["ap"], t_test, single, args.folds)
+        top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single and full else "-"
+        print(f"svm: {line} top1={top1} layer={layer} classes={int(np.isfinite(res['ap']).sum())}/{num_classes}")
     if args.lowshot and ks:
         t1 = time.time()
         res = svm.svm_lowshot(x_train, t_train, x_test, t_test, ks, costs, args.samples, args.seed, single, args.jobs)
@@ -182,7 +212,9 @@ def run(args):
             print(f"lowshot k={k}: mean {r['mean']:.2f} min {r['min']:.2f} max {r['max']:.2f} std {r['std']:.2f} "
                   f"(C={r['cost']:g}, the cost with the best mean over {args.samples} samples)")
         print(f"lowshot time: {time.time() - t1:.1f} s")
-        print("lowshot: " + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()))
+        scored = int((t_test == 1).any(0).sum())  # a class without test positives has no AP
+        tail = "" if scored == num_classes else f" (partial: mean AP over the {scored} of {num_classes} classes with test positives)"
+        print(("lowshot: " if not tail else "lowshot partial: ") + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()) + tail)
 
 
 def main(argv=None):

@@ -4,3 +4,11 @@ from .fashion import FashionMNISTInstance
 from .folder import ImageFolderInstance
 from .subset import InstanceSubset
 from .voc import VOC2007Instance
+
+
+def num_classes(ds):
+    """The classes of a dataset (through subsets): its class list, not the labels a subset happens to hold."""
+    names = getattr(ds, "classes", None)
+    if names:
+        return len(names)
+    return int(max(map(int, ds.targets))) + 1

@@ -11,6 +11,9 @@ class ImageFolderInstance(datasets.ImageFolder):
     def __init__(self, root, transform=None, class_to_idx=None):
         self._given = class_to_idx
         super().__init__(root, transform=transform)
+        if class_to_idx is not None:  # classes[label] is the name of a label, for every label of train's
+            self.class_to_idx = dict(class_to_idx)
+            self.classes = sorted(class_to_idx, key=class_to_idx.get)
 
     def find_classes(self, directory):
         """With `class_to_idx` (train's), a val folder's classes take train's indices by name: a
@@ -27,6 +30,21 @@ class ImageFolderInstance(datasets.ImageFolder):
             print(f"note: {len(absent)} of train/'s {len(self._given)} classes have no folder in '{directory}' "
                   f"(e.g. '{absent[0]}'); they are scored but never the right answer")
         return classes, {c: self._given[c] for c in classes}
+
+    @classmethod
+    def open_split(cls, data, split, transform=None):
+        """DATA/train or DATA/val of an ImageNet layout, every split labelled by train's class names
+        (the one class mapping of every script: val/ may lack some of train's classes, not add one)."""
+        for sub in ("train", split):
+            if not os.path.isdir(os.path.join(data, sub)):
+                raise UserError(f"'{os.path.join(data, sub)}' is missing: DATA must hold train/ and val/ class folders")
+        train_classes = None
+        if split != "train":
+            try:
+                train_classes = datasets.folder.find_classes(os.path.join(data, "train"))[1]
+            except (FileNotFoundError, OSError) as e:
+                raise UserError(f"'{os.path.join(data, 'train')}': {str(e).splitlines()[0]}") from None
+        return cls.open(os.path.join(data, split), transform, class_to_idx=train_classes)
 
     @classmethod
     def open(cls, root, transform=None, class_to_idx=None):

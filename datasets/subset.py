@@ -8,6 +8,10 @@ class InstanceSubset(torch.utils.data.Dataset):
         self.dataset, self.indices = dataset, list(indices)
         self.targets = [int(dataset.targets[i]) for i in self.indices]
 
+    @property
+    def classes(self):
+        return self.dataset.classes
+
     def __len__(self):
         return len(self.indices)
 

@@ -5,7 +5,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 
 import torch
 
@@ -182,29 +181,68 @@ def convert_legacy(ck):
     return out
 
 
-def load(path):
-    """Read a checkpoint of this repo or of the authors; any problem is one UserError line."""
+def _why(e):
+    """An exception as a short phrase: its type and the first line of its message (which may be empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+
+
+def _check_file(path, what, prefix=""):
     if not os.path.isfile(path):
-        raise UserError(f"--resume: no checkpoint file at '{path}'")
+        raise UserError(f"{prefix}no {what} file at '{path}'")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{prefix}'{path}' is empty (0 bytes): not a {what}; it was cut off while being written "
+                        "or copied, use another copy")
+
+
+def read(path, what="checkpoint"):
+    """The one reader of the files this repo writes (heads, feature caches, exports): torch.load
+    with weights_only=True; a missing, empty, truncated or foreign file is one UserError line."""
+    _check_file(path, what)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"'{path}' is not a readable {what} ({_why(e)}): truncated or not written by this repo; "
+                        "delete it or use another copy") from None
+
+
+def load_object(path, prefix="--resume: "):
+    """What a checkpoint file holds: plain data (weights_only=True), else the authors' torch-0.4
+    pickle through the restricted unpickler. Any problem is one UserError line."""
+    _check_file(path, "checkpoint", prefix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), False
     except Exception as e:
         plain_err = e
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
-        except ForbiddenPickle as f:
-            raise UserError(f"--resume: '{path}' refers to '{f}', which is not allowed in a checkpoint; "
-                            "nothing from it was run") from None
-        except Exception:
-            if zipfile.is_zipfile(path) or isinstance(plain_err, (pickle.UnpicklingError, EOFError, RuntimeError)):
-                raise UserError(f"--resume: '{path}' is not a readable checkpoint "
-                                f"({type(plain_err).__name__}: {str(plain_err).splitlines()[0][:120]})") from None
-            raise UserError(f"--resume: '{path}' is not a readable checkpoint") from None
-        if not isinstance(ck, dict) or "state_dict" not in ck:
-            raise UserError(f"--resume: '{path}' is not an NPID checkpoint (no 'state_dict')")
-        return convert_legacy(ck)
-    if not isinstance(ck, dict) or "state_dict" not in ck:
-        raise UserError(f"--resume: '{path}' is not an NPID checkpoint (no 'state_dict')")
-    if any(k.startswith("module.") for k in ck["state_dict"]):  # the authors' layout, zip-saved
-        return convert_legacy(ck)
-    return ck
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle), True
+    except ForbiddenPickle as f:
+        raise UserError(f"{prefix}'{path}' refers to '{f}', which is not allowed in a checkpoint; "
+                        "nothing from it was run") from None
+    except Exception:
+        raise UserError(f"{prefix}'{path}' is not a readable checkpoint ({_why(plain_err)}): truncated, "
+                        "corrupt or not a PyTorch file") from None
+
+
+def as_npid(obj, path, legacy=False, prefix="--resume: "):
+    """A loaded object -> this repo's checkpoint dict, after checking what the code reads of it
+    (a foreign file with a list where a dict belongs is one line, not an AttributeError later)."""
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise UserError(f"{prefix}'{path}' is not an NPID checkpoint (no 'state_dict')")
+    sd = obj["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise UserError(f"{prefix}'{path}': its 'state_dict' is a {type(sd).__name__} that is not a dict of "
+                        "named tensors (not an NPID checkpoint)")
+    for key, kind in (("args", dict), ("arch", str), ("epoch", int)):
+        if obj.get(key) is not None and not isinstance(obj[key], kind):
+            raise UserError(f"{prefix}'{path}': its '{key}' is a {type(obj[key]).__name__}, not the {kind.__name__} "
+                            "this repo saves (not an NPID checkpoint of this repo)")
+    if legacy or any(k.startswith("module.") for k in sd):  # the authors' layout (pickled, or zip-saved)
+        return convert_legacy(obj)
+    return obj
+
+
+def load(path, prefix="--resume: "):
+    """Read a checkpoint of this repo or of the authors; any problem is one UserError line."""
+    obj, legacy = load_object(path, prefix)
+    return as_npid(obj, path, legacy, prefix)

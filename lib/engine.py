@@ -225,23 +225,26 @@ EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "
 
 
 def _same(key, a, b):
-    if key == "data" and isinstance(a, str) and isinstance(b, str):
+    if key in ("data", "root") and isinstance(a, str) and isinstance(b, str):
         return os.path.realpath(a) == os.path.realpath(b)
     return a == b
 
 
-def check_same_run(args, ck, path, auto):
+def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
+                   explicit=EXPLICIT_RESUME_KEYS, new=None):
     """Stop with one line if the checkpoint's run differs from this command's in what defines it;
-    say each accepted change."""
-    old, new = ck.get("args"), plain_args(args)
+    say each accepted change. The one run-identity check of every script: each passes the keys that
+    are only how it runs (`runtime`) or that may change on a resume, and `new`, its run's settings
+    (default: plain_args(args))."""
+    old, new = ck.get("args"), plain_args(args) if new is None else new
     if not isinstance(old, dict):
         return  # the authors' files carry no arguments
     # a flag newer than the checkpoint: its run had the flag's default behaviour
     defaults = getattr(args, "parser_defaults", {})
     old = {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
     diff = {k: (old[k], new[k]) for k in old.keys() & new.keys()
-            if k not in RUNTIME_KEYS and not _same(k, old[k], new[k])}
-    allowed = ANY_RESUME_KEYS | (set() if auto else EXPLICIT_RESUME_KEYS)
+            if k not in runtime and not _same(k, old[k], new[k])}
+    allowed = any_resume | (set() if auto else explicit)
     bad = {k: v for k, v in diff.items() if k not in allowed}
     if bad:
         what = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(bad.items()))

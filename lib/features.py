@@ -85,6 +85,11 @@ def taps(model, x, layers, pool=None):
     return {n: out[n] for n in layers}
 
 
+def tap_channels(model, layers, size):
+    """{name: channels} of feat1-5 for size x size inputs (the BatchNorm of a multi-head is per channel)."""
+    return tap_dims(model, [n for n in layers if n in HEADS], size, pool="avg")  # global mean: C dims
+
+
 def tap_dims(model, layers, size, pool="mhead"):
     """{name: feature dimension} of `layers` for size x size inputs (one dummy forward)."""
     was = unwrap(model).training
@@ -114,21 +119,13 @@ def infer_arch(sd):
 
 def _read(path):
     """-> (state_dict, ckpt dict or None); plain torchvision ResNet state dicts are accepted too."""
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint file at '{path}'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = None  # legacy or foreign: lib/checkpoint decides, with its own message
-    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+    obj, legacy = ckpt.load_object(path, prefix="")
+    if not legacy and isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
         if "conv1.weight" not in sd:
             raise UserError(f"'{path}' is a state dict but not of a ResNet (no conv1.weight)")
         return sd, None
-    try:
-        ck = ckpt.load(path)
-    except UserError as e:
-        raise UserError(str(e).removeprefix("--resume: ")) from None
+    ck = ckpt.as_npid(obj, path, legacy, prefix="")
     if "conv1.weight" not in ck["state_dict"]:
         raise UserError(f"'{path}' does not hold a ResNet backbone (no conv1.weight)")
     return ck["state_dict"], ck
@@ -148,7 +145,11 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         what = f"unknown architecture '{arch}'" if arch else f"cannot tell the architecture of '{ckpt_path}'"
         raise UserError(f"{what}; give one of {', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
     cifar = arch in models.CIFAR_ARCHS
-    width = ((ck or {}).get("args") or {}).get("width") or width or guess_width or 64
+    saved_width = ((ck or {}).get("args") or {}).get("width")
+    if saved_width is not None and (not isinstance(saved_width, int) or isinstance(saved_width, bool)):
+        raise UserError(f"'{ckpt_path}': its args give width {saved_width!r}, not a whole number "
+                        "(not a checkpoint of this repo's cifar.py)")
+    width = saved_width or width or guess_width or 64
     head = ((ck or {}).get("args") or {}).get("head") or "linear"  # --head mlp / mlp-bn: fc.0, fc.2, ...
     fc = sorted((k for k in sd if k.startswith("fc.") and k.endswith("weight") and sd[k].dim() == 2),
                 key=lambda k: (k.count("."), k.split(".")[1].zfill(4)))
@@ -164,13 +165,45 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
                 f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
         raise UserError(f"'{ckpt_path}' does not fit {arch}" + (f" width {width}" if cifar else "") + f" ({what})")
     model.load_state_dict(sd, strict=False)
+    if not fc:  # a bare backbone (export_backbone.py, torchvision without fc): no random layer in its place
+        model.fc = MissingLayer(ckpt_path)
     with open(ckpt_path, "rb") as f:
         sha = hashlib.file_digest(f, "sha256").hexdigest()
     info = dict(arch=arch, width=width if cifar else None, low_dim=low_dim, cifar=cifar,
                 source="npid" if ck is not None else "torchvision", epoch=(ck or {}).get("epoch"),
                 args=(ck or {}).get("args") or {}, path=ckpt_path, sha256=sha, state_dict=sd,
-                has_fc=bool(fc), head=head)
+                has_fc=bool(fc), head=head, layers=LAYERS if fc else LAYERS[:-1])
     return model.to(device).eval(), info
+
+
+class MissingLayer(nn.Module):
+    """Stands where a file has no weights (the instance head `fc` of a bare backbone): using it is
+    one UserError line, never the output of a randomly initialised layer."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        raise UserError(f"'{self.path}' has no weights for the 128-d head 'fc' (a bare backbone): the 'embed' "
+                        f"layer and the kNN need it; the file has {', '.join(LAYERS[:-1])}")
+
+
+def check_layers(info, layers):
+    """Every layer asked for must have its weights in the file (see load_backbone's info['layers'])."""
+    absent = [n for n in layers if n not in info["layers"]]
+    if absent:
+        raise UserError(f"'{info['path']}' has no weights for layer '{absent[0]}' (a bare backbone without the "
+                        f"instance head 'fc'); its layers: {', '.join(info['layers'])}")
+
+
+def check_fits(info, dataset):
+    """A CIFAR ResNet (3x3 stem) for the 28-32 px datasets, an ImageNet ResNet for imagenet and voc07."""
+    small = dataset not in ("imagenet", "voc07")
+    if info["cifar"] != small:
+        raise UserError(f"'{info['path']}' holds a {info['arch']}, which does not fit --dataset {dataset} "
+                        f"({'CIFAR ResNets take' if info['cifar'] else 'ImageNet ResNets take'} "
+                        f"{'cifar10/cifar100/fashion-mnist' if info['cifar'] else 'imagenet/voc07'})")
 
 
 # --- extraction ---------------------------------------------------------------------------
@@ -230,7 +263,8 @@ def extract_features(model, loader, device, layer="embed", pool=None, autocast=N
             if k not in feats:
                 feats[k] = torch.zeros(n, f.shape[1])
             feats[k][index] = f
-        labels[index], seen[index] = torch.as_tensor(targets).long(), 1
+        labels[index] = torch.as_tensor(targets).long()
+        seen.index_add_(0, torch.as_tensor(index).long(), torch.ones(len(index), dtype=torch.long))  # counts repeats
         done += len(index)
         if progress and rank == 0 and time.time() - last >= PROGRESS_S:
             rate = done / (time.time() - t0)
@@ -247,6 +281,8 @@ def extract_features(model, loader, device, layer="embed", pool=None, autocast=N
         _sum_over_ranks(seen, device)
     model.train(was_training)
     if not bool((seen == 1).all()):
-        raise RuntimeError("extract_features: some dataset indices were never (or twice) seen")
+        never, twice = int((seen == 0).sum()), int((seen > 1).sum())
+        raise RuntimeError(f"extract_features: {never} dataset indices never seen, {twice} seen more than once "
+                           f"(first: {int((seen != 1).nonzero()[0])}); the loader must yield each index once")
     feats = {k: feats.get(k, torch.zeros(n, 0)) for k in names}
     return (feats[names[0]] if isinstance(layer, str) else feats), labels, torch.arange(n)

@@ -93,7 +93,7 @@ def svm_full(x_train, t_train, x_test, t_test, costs=COSTS, folds=3, jobs=1, log
     todo = []
     for c in range(num_classes):
         if (t_train[:, c] == 1).sum() < folds:
-            log(f"svm: class {c} has {(t_train[:, c] == 1).sum()} training positives (< {folds} folds): skipped")
+            log(f"svm note: class {c} has {(t_train[:, c] == 1).sum()} training positives (< {folds} folds): skipped")
         else:
             todo.append(c)
     res = Parallel(n_jobs=jobs)(delayed(_fit_class)(x_train, t_train[:, c], x_test, t_test[:, c], costs, folds)

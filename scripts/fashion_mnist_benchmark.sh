@@ -25,7 +25,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 bash scripts/setup.sh
 . scripts/env.sh  # PY: the project's Python
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
-rm -rf "$OUT"; mkdir -p "$OUT"
+npid_clear "$OUT" npid npid_mlp npid_cld 'linear_*' '*.txt' '*.seconds' '*.json' -- "$DATA"  # this script's own files
 COMMON=(--dataset fashion-mnist --data "$DATA" --train-subset "$TRAIN_SUBSET" --test-subset "$TEST_SUBSET"
         --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos -b 128 --wd 5e-4
         --epochs "$EPOCHS" -j 1 --gpu-aug --channels-last -p 100 --retrievals 0 --no-auto-resume)

@@ -5,7 +5,7 @@
 # classifier (linear.py --cached), one-vs-rest linear SVMs (mAP; top-1 of the argmax) and low-shot
 # SVMs (k images per class, mean mAP of 5 samples). Prints a markdown table.
 #   bash scripts/fashion_mnist_eval.sh             # trains the two models first
-#   bash scripts/fashion_mnist_eval.sh NPID_CKPT   # a quick-start NPID checkpoint (kept outside $OUT)
+#   bash scripts/fashion_mnist_eval.sh NPID_CKPT   # a quick-start NPID checkpoint (never deleted, also under $OUT)
 # Budget on a 2-core CPU, about 30 min: NPID and supervised training ~6 min each (the quick start's
 # 10k-image subset, 40 epochs); per row ~1 min of features (70k images), kNN and linear, ~3 min of
 # SVMs. The full SVM on 60k images would take hours at C=100 (liblinear runs to max_iter), so it is
@@ -28,11 +28,16 @@ JOBS=${JOBS:-2}
 # shortens the per-epoch monitor: the table is measured on all 10k test images
 RECIPE="--dataset fashion-mnist --data $DATA --train-subset 10000 --test-subset 2000 --arch ResNet10 --width 16
   --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos --epochs 40 -b 128 -j 1 --gpu-aug --channels-last -p 40"
-rm -rf "$OUT"  # a fresh run (cifar.py and linear.py would otherwise resume what they find)
-mkdir -p "$OUT"
+NPID=${1:-}
+# a fresh run (cifar.py and linear.py would otherwise resume what they find): this script's own
+# folders and files of an earlier run are replaced, the given checkpoint and data never (an NPID
+# checkpoint under $OUT/npid, e.g. the one this script trained, is kept and evaluated again)
+OWN=(supervised untrained 'linear_*' '*.svm.txt' '*.linear.txt' '*.log')
+[ -n "$NPID" ] || OWN+=(npid)
+npid_clear "$OUT" "${OWN[@]}" -- "$NPID" "$DATA"
 step() { local t=$SECONDS what=$1; shift; "$@"; echo "eval: $what: $((SECONDS - t)) s" >&2; }  # LABEL COMMAND...
 
-NPID=${1:-}
+if [ -n "$NPID" ] && [ ! -f "$NPID" ]; then echo "error: no checkpoint file at '$NPID'" >&2; exit 2; fi
 if [ -z "$NPID" ]; then
   step "NPID training" $PY cifar.py $RECIPE ${TRAIN_ARGS:-} --checkpoint-dir "$OUT/npid" > "$OUT/npid.log"
   NPID=$OUT/npid/checkpoint.pth

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/env.sh  # PY: the project's Python (see scripts/env.sh)
 OUT=checkpoints/quickstart
-rm -rf "$OUT"  # a fresh run every time (the same folder would otherwise auto-resume the last one)
-mkdir -p "$OUT"
+# a fresh run every time (the same folder would otherwise auto-resume the last one): what cifar.py wrote
+npid_clear "$OUT" checkpoint.pth model_best.pth log.txt tb retrievals.png stdout.txt -- ./data
 "$PY" cifar.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 \
   --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos --epochs 40 -b 128 \
   -j 1 --gpu-aug --channels-last --baselines -p 40 --checkpoint-dir "$OUT" "$@" | tee "$OUT/stdout.txt"

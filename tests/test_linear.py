@@ -87,7 +87,7 @@ def test_head_learns_linearly_separable_data():
     y = (x @ w.t()).argmax(1)  # linearly separable by construction
     feats = {"avgpool": x}
     args = types.SimpleNamespace(print_freq=10**6)
-    head = linear.Head({"avgpool": 32}, 5, norm=False)
+    head = linear.Head({"avgpool": 32}, 5)
     opt = torch.optim.SGD(head.parameters(), lr=1.0, momentum=0.9)
     train = linear.CachedBatches(feats, y, range(1000), 100, "cpu", True, 0)
     test = linear.CachedBatches(feats, y, range(1000, 1200), 100, "cpu", False, 0)
@@ -169,7 +169,7 @@ def test_defaults_are_the_published_recipes():
     m = linear.get_args(["D", "--pretrained", "x", "--head", "multi", "--lr", "0.1"])
     assert (m.lr, m.weight_decay, m.epochs, m.schedule, m.nesterov) == (0.1, 1e-4, 90, "30,60", True)
     torch.manual_seed(0)
-    head = linear.Head({"feat5": 8192}, 1000, norm=True)
+    head = linear.Head({"feat5": 8192}, 1000, channels={"feat5": 2048})
     assert not head.norms["feat5"].affine and not list(head.norms.parameters())  # no wd on the norm: it has none
     w = head.fcs["feat5"].weight
     assert abs(w.std().item() - 0.01) < 1e-4 and not head.fcs["feat5"].bias.any()

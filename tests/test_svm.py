@@ -188,7 +188,7 @@ def test_svm_py_on_voc07(voc):
     assert "lowshot note: k=4 skipped: some class cannot supply it (at most k=2)" in out
     svm_lines = [l for l in out.splitlines() if l.startswith("svm:")]  # one summary line each
     low_lines = [l for l in out.splitlines() if l.startswith("lowshot:")]
-    assert len(svm_lines) == 1 and svm_lines[0].startswith("svm: mAP=") and svm_lines[0].endswith("top1=- layer=feat5")
+    assert len(svm_lines) == 1 and svm_lines[0].startswith("svm: mAP=") and svm_lines[0].endswith("top1=- layer=feat5 classes=20/20")
     assert len(low_lines) == 1 and low_lines[0].startswith("lowshot: k=1:") and " k=2:" in low_lines[0]
     assert "k=4" not in low_lines[0]
 
