@@ -15,7 +15,9 @@ def export(src, out, arch=None, width=None, force=False):
     if os.path.exists(out) and os.path.exists(src) and os.path.samefile(src, out):
         raise UserError(f"OUT '{out}' is the input checkpoint itself: it would replace the training checkpoint "
                         "(bank, optimizer, args) with a bare backbone; give another OUT")
-    if os.path.exists(out) and not force:
+    if os.path.isdir(out):
+        raise UserError(f"OUT '{out}' is a folder; give a file name, e.g. '{os.path.join(out, 'backbone.pth')}'")
+    if os.path.lexists(out) and not force:  # lexists: a dangling link is replaced only with --force too
         raise UserError(f"OUT '{out}' exists; give another name, or --force to replace it")
     model, info = features.load_backbone(src, arch, width)
     # the 128-d NPID projection is not part of a torchvision backbone (its fc is the 1000 classes)

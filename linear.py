@@ -23,7 +23,7 @@ from datasets import ImageFolderInstance, InstanceSubset, num_classes
 from lib import checkpoint as ckpt
 from lib import dist as du
 from lib import engine, features, options
-from lib.errors import UserError, exit_on_error
+from lib.errors import UserError, brief, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
              "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
@@ -80,8 +80,13 @@ def check_args(args):
     if args.dataset == "imagenet" and not args.root:
         p = "give DATA (ImageNet layout)" if not args.data else "for --data give --dataset cifar10|cifar100|fashion-mnist"
         raise UserError(f"linear.py: {p}")
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.weight_decay < 0 or args.momentum < 0:
-        raise UserError("--epochs and -b must be >= 1, --lr > 0, --wd >= 0 and --momentum >= 0")
+    if not (args.epochs >= 1 and args.batch_size >= 1 and 0 < args.lr < math.inf and 0 <= args.weight_decay < math.inf
+            and 0 <= args.momentum < 1):
+        raise UserError(f"--epochs and -b must be >= 1, --lr > 0, --wd >= 0 (both finite) and --momentum in [0, 1) "
+                        f"(got --epochs {args.epochs}, -b {args.batch_size}, --lr {args.lr}, --wd {args.weight_decay}, "
+                        f"--momentum {args.momentum})")
+    if args.train_subset < 0 or args.test_subset < 0:
+        raise UserError("--train-subset and --test-subset must be >= 0 (0 = all images)")
     if args.workers < 0 or args.print_freq < 1:
         raise UserError(f"-j must be >= 0 and -p >= 1 (got -j {args.workers}, -p {args.print_freq})")
     if args.batch_size % args.world_size:
@@ -92,8 +97,10 @@ def check_args(args):
     except ValueError:
         raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
                         f"'{args.lr_grid}')") from None
-    if any(g <= 0 or not math.isfinite(g) for g in args.grid):  # lr 0 is an untrained head, not a candidate
-        raise UserError(f"--lr-grid values must be > 0 (got '{args.lr_grid}')")
+    if any(not 0 < g < math.inf for g in args.grid) or len({grid_tag(g) for g in args.grid}) < len(args.grid):
+        raise UserError(f"--lr-grid values must be > 0, finite and distinct (got '{args.lr_grid}')")  # 0: untrained
+    if any(m < 1 for m in args.milestones):
+        raise UserError(f"--schedule epochs must be >= 1 (got '{args.schedule}')")
     bad = [t for t in args.taps.split(",") if t not in features.HEADS]
     if args.head == "multi" and bad:
         raise UserError(f"--taps: unknown layer '{bad[0]}' (choose from {', '.join(features.HEADS)})")
@@ -140,6 +147,8 @@ def holdout_split(n, frac, seed):
     """(fit indices, held-out indices): a fixed random split of the training set."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = max(1, int(round(n * frac)))
+    if k >= n:
+        raise UserError(f"--holdout {frac} of {n} training images leaves none to fit the heads of --lr-grid on")
     return sorted(perm[k:]), sorted(perm[:k])
 
 
@@ -265,6 +274,38 @@ RUNTIME_KEYS = {"workers", "print_freq", "device", "checkpoint_dir", "cache_dir"
 ANY_RESUME_KEYS = {"world_size"}  # the global batch stays; said when it changes
 
 
+LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes"}
+
+
+def head_file(args, tag, lr, num_classes):
+    """(path, run identity) of one head's checkpoint."""
+    run_id = {**engine.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
+    return os.path.join(args.checkpoint_dir, f"linear-{tag}.pth"), run_id
+
+
+def read_head(args, path, run_id):
+    """The head checkpoint at `path` if this run continues it (None: start afresh); a file of another
+    run, or one that is not a whole head checkpoint, is one UserError line."""
+    if args.no_auto_resume or not os.path.isfile(path):
+        return None
+    ck = ckpt.read(path, "linear head checkpoint")
+    fields = {"args": dict, "head": dict, "optimizer": dict, "result": dict, "epoch": int}
+    if not isinstance(ck, dict) or any(not isinstance(ck.get(k), t) for k, t in fields.items()) \
+            or "head_lr" not in ck["args"]:
+        raise UserError(f"'{path}' is not a head checkpoint of this linear.py; use another --checkpoint-dir, "
+                        "or --no-auto-resume to start afresh there (it will be overwritten)")
+    engine.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
+                          new=run_id, labels=LABELS)
+    if not 1 <= ck["epoch"] <= args.epochs or not ck["result"]:
+        raise UserError(f"'{path}' says epoch {ck['epoch']} of {args.epochs} with results {ck['result']}: not a "
+                        "checkpoint this linear.py wrote; use --no-auto-resume to start afresh there")
+    return ck
+
+
+def grid_tag(g):
+    return f"grid-lr{g:.12g}"
+
+
 def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, reduce, channels=None):
     """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
     torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
@@ -275,18 +316,16 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
                                                          if args.device.startswith("cuda") else None)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                           nesterov=args.nesterov)
-    path = os.path.join(args.checkpoint_dir, f"linear-{tag}.pth")
-    run_id = {**engine.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
+    path, run_id = head_file(args, tag, lr, num_classes)
     start, res = 0, None
-    if os.path.isfile(path) and not args.no_auto_resume:
-        ck = ckpt.read(path, "linear head checkpoint")
-        if not isinstance(ck, dict) or not isinstance(ck.get("args"), dict) or "head_lr" not in ck["args"]:
-            raise UserError(f"'{path}' is not a head checkpoint of this linear.py; use another --checkpoint-dir, "
-                            "or --no-auto-resume to start afresh there (it will be overwritten)")
-        engine.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                              new=run_id)
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["optimizer"])
+    ck = read_head(args, path, run_id)
+    if ck is not None:
+        try:
+            head.load_state_dict(ck["head"])
+            opt.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"'{path}' does not fit this head ({brief(e)}); use another --checkpoint-dir, or "
+                            "--no-auto-resume to start afresh there") from None
         start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
     for epoch in range(start, args.epochs):
@@ -317,11 +356,16 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
     """{layer: N x D}, labels of `dataset` (val transform), from --cache-dir when it matches."""
     meta = dict(pretrained=args.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
                 split=split, n=len(dataset), subset=[args.train_subset, args.test_subset], layers=list(layers),
-                pool=pool or "", amp=args.amp, version=1)
+                pool=pool or "", amp=args.amp, version=2)  # 2: val labelled by train's class names
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
     c = ckpt.read(path, "feature cache") if os.path.isfile(path) else {}
-    if all(du.all_gather_object(isinstance(c, dict) and c.get("meta") == meta)):  # extraction is collective: all ranks or none
+    whole = isinstance(c, dict) and c.get("meta") == meta and isinstance(c.get("feats"), dict) \
+        and torch.is_tensor(c.get("labels")) and len(c["labels"]) == len(dataset) \
+        and sorted(c["feats"]) == sorted(layers) and all(len(v) == len(dataset) for v in c["feats"].values())
+    if c and not whole and isinstance(c, dict) and c.get("meta") == meta:
+        raise UserError(f"'{path}' is not a whole feature cache of {len(dataset)} images; delete it")
+    if all(du.all_gather_object(whole)):  # extraction is collective: all ranks or none
         print(f"=> cached {split} features from '{path}'")
         return c["feats"], c["labels"]
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // args.world_size),
@@ -389,13 +433,15 @@ def _run(args):
         ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+    for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
+        read_head(args, *head_file(args, tag, g, C))
     make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
     reduce = not args.cached
     lr = args.lr
     if args.grid:  # chosen on held-out training images, never on the test set
         held = {}
         for g in args.grid:
-            res = fit(args, f"grid-lr{g:g}", dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce,
+            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce,
                       channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = max(held, key=held.get)

@@ -3,6 +3,7 @@ FAIR's benchmark / mmselfsup; see lib/svm.py), on VOC 2007 or any single-label d
   python svm.py --dataset voc07 --data VOCdevkit/VOC2007 --pretrained CKPT            # feat5, mhead pooling
   python svm.py --dataset fashion-mnist --data ./data --pretrained CKPT --layer embed --knn 200"""
 import argparse
+import math
 import time
 
 import numpy as np
@@ -61,7 +62,7 @@ def parse_list(text, what, cast=float):
         values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not 0 < v < math.inf for v in values):
         raise UserError(f"{what} must be a comma-separated list of positive numbers (got '{text}')")
     return values
 
@@ -129,8 +130,10 @@ def check_args(args):
         ("--svm-train-subset", args.svm_train_subset, 0), ("--test-subset", args.test_subset, 0)) if v < m]
     if low:
         raise UserError("; ".join(low))
-    if not args.knn_t > 0:
-        raise UserError(f"--knn-t must be > 0 (got {args.knn_t})")
+    if not 1 / 88 <= args.knn_t < math.inf:  # exp(similarity / T) of unit vectors overflows float32 below 1/88
+        raise UserError(f"--knn-t must be > 0: at least 1/88 and finite (got {args.knn_t})")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0 (got {args.seed})")
 
 
 def summary(ap, t_test, single, folds):

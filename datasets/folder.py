@@ -5,6 +5,15 @@ from torchvision import datasets
 from lib.errors import UserError
 
 
+def class_folders(directory):
+    """Sorted class folder names of an image-folder split; hidden folders (.ipynb_checkpoints, ...)
+    are not classes."""
+    classes = [c for c in datasets.folder.find_classes(directory)[0] if not c.startswith(".")]
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+    return classes
+
+
 class ImageFolderInstance(datasets.ImageFolder):
     """ImageFolder (DATA/train/<class>/<image>) that also returns the index."""
 
@@ -18,7 +27,8 @@ class ImageFolderInstance(datasets.ImageFolder):
     def find_classes(self, directory):
         """With `class_to_idx` (train's), a val folder's classes take train's indices by name: a
         val/ that lacks some of train's classes must not shift the labels of the others."""
-        classes, own = super().find_classes(directory)
+        classes = class_folders(directory)
+        own = {c: i for i, c in enumerate(classes)}
         if self._given is None:
             return classes, own
         unknown = [c for c in classes if c not in self._given]
@@ -35,13 +45,13 @@ class ImageFolderInstance(datasets.ImageFolder):
     def open_split(cls, data, split, transform=None):
         """DATA/train or DATA/val of an ImageNet layout, every split labelled by train's class names
         (the one class mapping of every script: val/ may lack some of train's classes, not add one)."""
-        for sub in ("train", split):
+        for sub in ("train", "val"):  # both, whichever is opened first: the layout is wrong, not one image
             if not os.path.isdir(os.path.join(data, sub)):
                 raise UserError(f"'{os.path.join(data, sub)}' is missing: DATA must hold train/ and val/ class folders")
         train_classes = None
         if split != "train":
             try:
-                train_classes = datasets.folder.find_classes(os.path.join(data, "train"))[1]
+                train_classes = {c: i for i, c in enumerate(class_folders(os.path.join(data, "train")))}
             except (FileNotFoundError, OSError) as e:
                 raise UserError(f"'{os.path.join(data, 'train')}': {str(e).splitlines()[0]}") from None
         return cls.open(os.path.join(data, split), transform, class_to_idx=train_classes)

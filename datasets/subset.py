@@ -1,5 +1,7 @@
 import torch
 
+from lib.errors import UserError
+
 
 class InstanceSubset(torch.utils.data.Dataset):
     """A fixed subset whose index is the position in the subset (the bank has one row per sample)."""
@@ -22,6 +24,8 @@ class InstanceSubset(torch.utils.data.Dataset):
     @classmethod
     def first_per_seed(cls, dataset, n, seed=0):
         """n samples drawn without replacement by a fixed seed (the same split every run)."""
+        if n < 0:
+            raise UserError(f"a subset size must be >= 0 (0 = all images), got {n}")
         if not n or n >= len(dataset):
             return dataset
         g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import tempfile
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, brief
 
 
 def _write_atomic(path, write, what):
@@ -181,12 +181,6 @@ def convert_legacy(ck):
     return out
 
 
-def _why(e):
-    """An exception as a short phrase: its type and the first line of its message (which may be empty)."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
-
-
 def _check_file(path, what, prefix=""):
     if not os.path.isfile(path):
         raise UserError(f"{prefix}no {what} file at '{path}'")
@@ -202,7 +196,7 @@ def read(path, what="checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"'{path}' is not a readable {what} ({_why(e)}): truncated or not written by this repo; "
+        raise UserError(f"'{path}' is not a readable {what} ({brief(e)}): truncated or not written by this repo; "
                         "delete it or use another copy") from None
 
 
@@ -219,8 +213,9 @@ def load_object(path, prefix="--resume: "):
     except ForbiddenPickle as f:
         raise UserError(f"{prefix}'{path}' refers to '{f}', which is not allowed in a checkpoint; "
                         "nothing from it was run") from None
-    except Exception:
-        raise UserError(f"{prefix}'{path}' is not a readable checkpoint ({_why(plain_err)}): truncated, "
+    except Exception as e:  # torch's "Weights only load failed ..." advice is not for this case: say what failed
+        shown = e if str(plain_err).startswith("Weights only load failed") else plain_err
+        raise UserError(f"{prefix}'{path}' is not a readable checkpoint ({brief(shown)}): truncated, "
                         "corrupt or not a PyTorch file") from None
 
 
@@ -233,10 +228,14 @@ def as_npid(obj, path, legacy=False, prefix="--resume: "):
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise UserError(f"{prefix}'{path}': its 'state_dict' is a {type(sd).__name__} that is not a dict of "
                         "named tensors (not an NPID checkpoint)")
-    for key, kind in (("args", dict), ("arch", str), ("epoch", int)):
-        if obj.get(key) is not None and not isinstance(obj[key], kind):
-            raise UserError(f"{prefix}'{path}': its '{key}' is a {type(obj[key]).__name__}, not the {kind.__name__} "
+    for key, kind in (("args", dict), ("arch", str), ("epoch", int), ("optimizer", dict), ("memory", dict),
+                      ("rng", list), ("best_knn", (int, float)), ("scaler", dict), ("method_head", dict)):
+        if obj.get(key) is not None and (not isinstance(obj[key], kind) or isinstance(obj[key], bool)):
+            name = kind.__name__ if isinstance(kind, type) else "number"
+            raise UserError(f"{prefix}'{path}': its '{key}' is a {type(obj[key]).__name__}, not the {name} "
                             "this repo saves (not an NPID checkpoint of this repo)")
+    if isinstance(obj.get("epoch"), int) and obj["epoch"] < 0:
+        raise UserError(f"{prefix}'{path}': its 'epoch' is {obj['epoch']} (not an NPID checkpoint of this repo)")
     if legacy or any(k.startswith("module.") for k in sd):  # the authors' layout (pickled, or zip-saved)
         return convert_legacy(obj)
     return obj

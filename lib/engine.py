@@ -18,7 +18,7 @@ from . import checkpoint as ckpt
 from . import dist as du
 from . import export
 from . import report
-from .errors import UserError, exit_on_error
+from .errors import UserError, brief, exit_on_error
 from .methods import NPID, build_bank, build_method  # noqa: F401 (build_bank: the bank alone, for tools)
 
 
@@ -231,11 +231,11 @@ def _same(key, a, b):
 
 
 def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                   explicit=EXPLICIT_RESUME_KEYS, new=None):
+                   explicit=EXPLICIT_RESUME_KEYS, new=None, labels=None):
     """Stop with one line if the checkpoint's run differs from this command's in what defines it;
     say each accepted change. The one run-identity check of every script: each passes the keys that
     are only how it runs (`runtime`) or that may change on a resume, and `new`, its run's settings
-    (default: plain_args(args))."""
+    (default: plain_args(args)); `labels` names the keys that are not flags."""
     old, new = ck.get("args"), plain_args(args) if new is None else new
     if not isinstance(old, dict):
         return  # the authors' files carry no arguments
@@ -247,7 +247,8 @@ def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RE
     allowed = any_resume | (set() if auto else explicit)
     bad = {k: v for k, v in diff.items() if k not in allowed}
     if bad:
-        what = "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in sorted(bad.items()))
+        name = lambda k: (labels or {}).get(k) or "--" + k.replace("_", "-")
+        what = "; ".join(f"{name(k)} {a} -> {b}" for k, (a, b) in sorted(bad.items()))
         if auto:
             raise UserError(f"'{path}' is another run ({what}): not auto-resuming it. Use another --checkpoint-dir, "
                             "or --no-auto-resume to start afresh there (its checkpoint will be overwritten)")
@@ -300,15 +301,19 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None):
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
     if method is not None:
         load_method_head(method, ck, path)
-    if "optimizer" in ck and not ck.get("legacy"):
-        optimizer.load_state_dict(ck["optimizer"])
-    if scaler is not None and "scaler" in ck:
-        scaler.load_state_dict(ck["scaler"])
-    rngs = ck.get("rng") or []
-    if len(rngs) == args.world_size:
-        torch.set_rng_state(rngs[args.rank]["cpu"])
-        if "cuda" in rngs[args.rank] and args.device.startswith("cuda"):
-            torch.cuda.set_rng_state(rngs[args.rank]["cuda"])
+    try:  # a foreign file can pass the type checks of checkpoint.as_npid and still not fit
+        if "optimizer" in ck and not ck.get("legacy"):
+            optimizer.load_state_dict(ck["optimizer"])
+        if scaler is not None and "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
+        rngs = ck.get("rng") or []
+        if len(rngs) == args.world_size:
+            torch.set_rng_state(rngs[args.rank]["cpu"])
+            if "cuda" in rngs[args.rank] and args.device.startswith("cuda"):
+                torch.cuda.set_rng_state(rngs[args.rank]["cuda"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise UserError(f"--resume: '{path}': its optimizer, scaler or RNG state does not fit this run "
+                        f"({brief(e)})") from None
     print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
     return ck["epoch"], ck
 

@@ -31,6 +31,12 @@ def exit_on_error(fn, *args, cleanup=None):
         sys.exit(130)
 
 
+def brief(e):
+    """An exception as a short phrase: its type and the first line of its message (which may be empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+
+
 def one_line(e):
     """The message of a UserError or an I/O error, as one line."""
     msg = str(e)

@@ -146,7 +146,7 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         raise UserError(f"{what}; give one of {', '.join(models.IMAGENET_ARCHS + models.CIFAR_ARCHS)}")
     cifar = arch in models.CIFAR_ARCHS
     saved_width = ((ck or {}).get("args") or {}).get("width")
-    if saved_width is not None and (not isinstance(saved_width, int) or isinstance(saved_width, bool)):
+    if saved_width is not None and (not isinstance(saved_width, int) or isinstance(saved_width, bool) or saved_width < 1):
         raise UserError(f"'{ckpt_path}': its args give width {saved_width!r}, not a whole number "
                         "(not a checkpoint of this repo's cifar.py)")
     width = saved_width or width or guess_width or 64

@@ -27,10 +27,11 @@ npid_find_python() {
 
 npid_find_python
 
-# npid_clear OUT NAME... [-- INPUT...]: remove OUT/NAME (globs allowed) for each NAME, this script's
-# own outputs of an earlier run, so that nothing auto-resumes them; never anything else. If an INPUT
-# (a checkpoint or data folder the script was given) lies inside one of them, or one of them holds
-# the repository, nothing is removed: one `error:` line and exit 2. No script deletes its inputs.
+# npid_clear OUT NAME... [-- INPUT...]: remove OUT/NAME for each NAME (exact names: the files and
+# folders this script writes), its own outputs of an earlier run, so that nothing auto-resumes them;
+# never anything else. If an INPUT (a checkpoint or data folder the script was given) lies inside one
+# of them or holds one of them, or one of them holds the repository, nothing is removed: one `error:`
+# line and exit 2. No script deletes its inputs.
 npid_clear() {
   local out=$1 names=() inputs=() p i
   shift
@@ -40,17 +41,22 @@ npid_clear() {
   if [ -z "$out" ]; then echo "error: the output folder (OUT) is empty" >&2; exit 2; fi
   local doomed=()
   for n in "${names[@]}"; do
-    for p in "$out"/$n; do [ -e "$p" ] || [ -L "$p" ] && doomed+=("$p"); done
+    p="$out/$n"
+    if [ -e "$p" ] || [ -L "$p" ]; then doomed+=("$p"); fi
   done
   for p in "${doomed[@]}"; do
     local rp; rp=$(realpath -m -- "$p")
     case "$NPID_ROOT/" in "$rp"/*)
       echo "error: '$p' holds the repository itself; set OUT to a folder of its own" >&2; exit 2;; esac
+    local lp; lp=$(realpath -m -s -- "$p")
     for i in "${inputs[@]}"; do
       [ -n "$i" ] || continue
-      case "$(realpath -m -- "$i")/" in "$rp"/*)
-        echo "error: '$i' lies in '$p', which this script replaces with a new run; move it out of there, or set OUT to another folder" >&2
-        exit 2;; esac
+      local ri li; ri=$(realpath -m -- "$i"); li=$(realpath -m -s -- "$i")  # resolved, and as given (a link)
+      case "$ri/" in "$rp"/*|"$lp"/*) ;; *) case "$li/" in "$rp"/*|"$lp"/*) ;; *)
+        case "$rp/" in "$ri"/*) echo "error: '$p' lies in the input '$i'; set OUT to a folder outside it" >&2; exit 2;; esac
+        continue;; esac;; esac
+      echo "error: '$i' lies in '$p', which this script replaces with a new run; move it out of there, or set OUT to another folder" >&2
+      exit 2
     done
   done
   [ ${#doomed[@]} -eq 0 ] || rm -rf -- "${doomed[@]}"

@@ -25,7 +25,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 bash scripts/setup.sh
 . scripts/env.sh  # PY: the project's Python
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
-npid_clear "$OUT" npid npid_mlp npid_cld 'linear_*' '*.txt' '*.seconds' '*.json' -- "$DATA"  # this script's own files
+OWN=(zalando_knn.json zalando_svc.json)
+for m in npid npid_mlp npid_cld; do OWN+=("$m" "linear_$m" "$m.txt" "$m.linear.txt" "$m.seconds"); done
+npid_clear "$OUT" "${OWN[@]}" -- "$DATA"  # this script's own files and folders only
 COMMON=(--dataset fashion-mnist --data "$DATA" --train-subset "$TRAIN_SUBSET" --test-subset "$TEST_SUBSET"
         --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos -b 128 --wd 5e-4
         --epochs "$EPOCHS" -j 1 --gpu-aug --channels-last -p 100 --retrievals 0 --no-auto-resume)

@@ -32,8 +32,9 @@ NPID=${1:-}
 # a fresh run (cifar.py and linear.py would otherwise resume what they find): this script's own
 # folders and files of an earlier run are replaced, the given checkpoint and data never (an NPID
 # checkpoint under $OUT/npid, e.g. the one this script trained, is kept and evaluated again)
-OWN=(supervised untrained 'linear_*' '*.svm.txt' '*.linear.txt' '*.log')
-[ -n "$NPID" ] || OWN+=(npid)
+OWN=(supervised untrained supervised.log untrained.log)
+for r in raw untrained npid supervised; do OWN+=("linear_$r" "$r.svm.txt" "$r.linear.txt"); done
+[ -n "$NPID" ] || OWN+=(npid npid.log)
 npid_clear "$OUT" "${OWN[@]}" -- "$NPID" "$DATA"
 step() { local t=$SECONDS what=$1; shift; "$@"; echo "eval: $what: $((SECONDS - t)) s" >&2; }  # LABEL COMMAND...
 

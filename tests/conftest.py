@@ -73,4 +73,16 @@ def run_script(*args, env=None, timeout=600):
                           timeout=timeout, env=e)
 
 
+def call(fn, capsys, *argv):
+    """An entry point's main(argv) in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        fn([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 TINY = ["--arch", "ResNet10", "--width", "8", "-j", "0", "-p", "1"]

@@ -19,24 +19,12 @@ import main as imagenet
 import models
 import supervised
 import svm as svm_script
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, call
 from datasets import ImageFolderInstance, num_classes
 from lib import checkpoint as ckpt
 from lib import features
 from lib.errors import UserError
 from test_linear import tiny_ckpt  # noqa: F401  (the shared module fixture)
-
-
-def call(fn, capsys, *argv):
-    """An entry point in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        fn([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, err, msg):
@@ -156,13 +144,13 @@ def test_eval_script_keeps_a_checkpoint_under_its_output_folder(tiny_ckpt, tmp_p
     (out / "npid").mkdir(parents=True)
     given = out / "npid" / "checkpoint.pth"
     shutil.copy(tiny_ckpt, given)
-    (out / "old.svm.txt").write_text("an earlier run's figure\n")
+    (out / "npid.svm.txt").write_text("an earlier run's figure\n")
     bad_data = tmp_path / "not-a-folder"
     bad_data.write_text("")  # the script fails at its first training, after clearing its folder
     r = sh(f"bash scripts/fashion_mnist_eval.sh {given}", OUT=str(out), DATA=str(bad_data))
     assert r.returncode != 0
     assert given.read_bytes() == tiny_ckpt.read_bytes()  # the old script's `rm -rf "$OUT"` deleted it
-    assert not (out / "old.svm.txt").exists()  # its own earlier outputs are replaced
+    assert not (out / "npid.svm.txt").exists()  # its own earlier outputs are replaced
     (out / "supervised").mkdir()
     shutil.copy(tiny_ckpt, out / "supervised" / "checkpoint.pth")  # given, but in a folder it retrains
     r = sh(f"bash scripts/fashion_mnist_eval.sh {out / 'supervised' / 'checkpoint.pth'}", OUT=str(out))
@@ -253,20 +241,39 @@ def test_linear_own_files_changed_or_truncated(cifar_dir, tiny_ckpt, tmp_path, c
     d = tmp_path / "m"
     argv = lin(cifar_dir, tiny_ckpt, "--head", "multi", "--taps", "feat4", "--lr", "0.01", "--checkpoint-dir", d)
     assert call(linear.main, capsys, *argv)[0] == 0
+    caches = sorted((d / "cache").iterdir())
     code, _, err = call(linear.main, capsys, *argv[:-4], "--taps", "feat4,feat5", *argv[-2:])
     one_line_error(code, err, "--taps feat4 -> feat4,feat5")
+    assert sorted((d / "cache").iterdir()) == caches  # refused before extracting: nothing written
     head = d / "linear-train.pth"
-    head.write_bytes(head.read_bytes()[:300])
+    good = head.read_bytes()
+    ck = torch.load(head, weights_only=True)
+    edits = {"no result": lambda c: c.pop("result"), "epoch as text": lambda c: c.update(epoch="1"),
+             "epoch past the end": lambda c: c.update(epoch=7),
+             "another head's shape": lambda c: c["head"].update({"fcs.feat4.weight": torch.zeros(3, 5)})}
+    for what, change in edits.items():
+        bad = {**ck, "head": dict(ck["head"])}
+        change(bad)
+        torch.save(bad, head)
+        code, _, err = call(linear.main, capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and str(head) in err, (what, err)
+    head.write_bytes(good[:300])
     one_line_error(*call(linear.main, capsys, *argv)[::2], "is not a readable linear head checkpoint")
-    cache = next((d / "cache").iterdir())
-    cache.write_bytes(cache.read_bytes()[:300])
+    cache = torch.load(caches[0], weights_only=True)
+    torch.save({**cache, "feats": {k: v[:10] for k, v in cache["feats"].items()}}, caches[0])  # meta right, rows not
+    one_line_error(*call(linear.main, capsys, *argv, "--no-auto-resume")[::2], "is not a whole feature cache")
+    for c in caches:
+        c.write_bytes(c.read_bytes()[:300])
     one_line_error(*call(linear.main, capsys, *argv, "--no-auto-resume")[::2], "is not a readable feature cache")
+
 
 
 SVM_BAD = [(["--folds", "1"], "--folds 1 (must be >= 2)"), (["--samples", "0"], "--samples 0 (must be >= 1)"),
            (["--jobs", "0"], "--jobs 0 (must be >= 1)"), (["--knn", "-5"], "--knn -5 (must be >= 0)"),
            (["-b", "0"], "-b 0 (must be >= 1)"), (["--knn", "5", "--knn-t", "0"], "--knn-t must be > 0"),
-           (["--knn", "5", "--knn-t", "-1"], "--knn-t must be > 0")]
+           (["--knn", "5", "--knn-t", "-1"], "--knn-t must be > 0"), (["--knn", "5", "--knn-t", "1e-3"], "at least 1/88"),
+           (["--knn", "5", "--knn-t", "inf"], "--knn-t must be > 0"), (["--costs", "nan"], "--costs must be"),
+           (["--costs", "1,inf"], "--costs must be"), (["--seed", "-1"], "--seed must be >= 0")]
 
 
 @pytest.mark.parametrize("argv,msg", SVM_BAD, ids=[m for _, m in SVM_BAD])
@@ -277,8 +284,16 @@ def test_svm_numbers_are_checked(argv, msg, cifar_dir, tiny_ckpt, capsys):
     assert "svm:" not in out and "knn:" not in out
 
 
-@pytest.mark.parametrize("argv,msg", [(["--momentum", "-1"], "--momentum >= 0"), (["-j", "-1"], "-j must be >= 0"),
-                                      (["--lr-grid", "0,1"], "--lr-grid values must be > 0")])
+LINEAR_BAD = [(["--momentum", "-1"], "--momentum in [0, 1)"), (["--momentum", "5"], "--momentum in [0, 1)"),
+              (["--momentum", "nan"], "--momentum in [0, 1)"), (["--lr", "nan"], "--lr > 0"), (["--wd", "inf"], "--wd >= 0"),
+              (["-j", "-1"], "-j must be >= 0"), (["--lr-grid", "0,1"], "--lr-grid values must be > 0"),
+              (["--lr-grid", "0.1,0.1"], "distinct"), (["--schedule", "-1"], "--schedule epochs must be >= 1"),
+              (["--train-subset", "-5"], "--train-subset and --test-subset must be >= 0"),
+              (["--test-subset", "-5"], "--train-subset and --test-subset must be >= 0"),
+              (["--lr-grid", "1,2", "--holdout", "0.999"], "leaves none to fit")]
+
+
+@pytest.mark.parametrize("argv,msg", LINEAR_BAD, ids=[" ".join(a) for a, _ in LINEAR_BAD])
 def test_linear_numbers_are_checked(argv, msg, cifar_dir, tiny_ckpt, tmp_path, capsys):
     code, _, err = call(linear.main, capsys, *lin(cifar_dir, tiny_ckpt, "--checkpoint-dir", tmp_path), *argv)
     one_line_error(code, err, msg)
@@ -294,7 +309,11 @@ def test_supervised_refuses_flags_it_does_not_implement(flag, cifar_dir, tmp_pat
 
 
 FOREIGN = {"args-list": {"args": ["--width", "8"]}, "width-string": {"args": {"width": "8"}},
-           "state_dict-list": {"state_dict": [1, 2]}, "arch-number": {"arch": 18}}
+           "width-negative": {"args": {"width": -8}}, "state_dict-list": {"state_dict": [1, 2]},
+           "arch-number": {"arch": 18}, "epoch-negative": {"epoch": -5}}
+RESUME_FOREIGN = {"best_knn-text": {"best_knn": "x"}, "epoch-negative": {"epoch": -5}, "optimizer-list": {"optimizer": [1]},
+                  "optimizer-foreign": {"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}},
+                  "rng-text": {"rng": "x"}, "rng-foreign": {"rng": [{"cpu": 3}]}}
 
 
 @pytest.mark.parametrize("kind", list(FOREIGN))
@@ -347,3 +366,61 @@ def test_extract_features_counts_every_index(order, msg):
         loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=order)
     with pytest.raises(RuntimeError, match=msg):
         features.extract_features(model, loader, "cpu", "avgpool")
+
+
+@pytest.mark.parametrize("kind", list(RESUME_FOREIGN))
+def test_foreign_checkpoint_fields_on_resume_are_one_line(kind, tiny_ckpt, cifar_dir, tmp_path, capsys):
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    ck.update(RESUME_FOREIGN[kind])
+    torch.save(ck, tmp_path / "f.pth")
+    code, _, err = call(cifar.main, capsys, "--data", cifar_dir, "--resume", tmp_path / "f.pth", "--epochs", "2",
+                        "-b", "50", "--nce-k", "16", "--checkpoint-dir", tmp_path / "run", *TINY, "--retrievals", "0")
+    one_line_error(code, err, "f.pth")
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_random_bytes_are_named_as_such(tmp_path, capsys):
+    (tmp_path / "r.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    code, _, err = call(export_backbone.main, capsys, tmp_path / "r.pth", tmp_path / "o.pth")
+    one_line_error(code, err, "is not a readable checkpoint")
+    assert "Weights only load failed" not in err
+
+
+def test_export_backbone_odd_outputs(tiny_ckpt, tmp_path, capsys):
+    one_line_error(*call(export_backbone.main, capsys, tiny_ckpt, tmp_path, "--force")[::2], "is a folder")
+    os.symlink(tmp_path / "nowhere.pth", tmp_path / "dangling.pth")
+    one_line_error(*call(export_backbone.main, capsys, tiny_ckpt, tmp_path / "dangling.pth")[::2], "exists")
+
+
+def test_class_list_shorter_than_the_labels_is_one_line(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    import pickle
+    bad = tmp_path / "c"
+    shutil.copytree(cifar_dir, bad)
+    meta = bad / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(5)]}))  # the labels go up to 9
+    code, _, err = call(svm_script.main, capsys, "--dataset", "cifar10", "--data", bad, "--pretrained", tiny_ckpt,
+                        "-j", "0", "--device", "cpu")
+    one_line_error(code, err, "names 5 classes but its labels go up to 9")
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    root = folders(tmp_path / "d", ["a", "b"], ["a", "b"])
+    os.makedirs(os.path.join(root, "val", ".ipynb_checkpoints"))
+    os.makedirs(os.path.join(root, "train", ".cache"))
+    val = ImageFolderInstance.open_split(root, "val")
+    assert val.classes == ["a", "b"] and ImageFolderInstance.open_split(root, "train").classes == ["a", "b"]
+
+
+def test_npid_clear_never_removes_what_it_did_not_write(tmp_path):
+    (tmp_path / "data" / "npid").mkdir(parents=True)
+    (tmp_path / "data" / "README.txt").write_text("keep")
+    r = sh(f". scripts/env.sh; cd {tmp_path}; npid_clear data npid npid.txt -- ./data")  # OUT = DATA
+    assert r.returncode == 2 and "lies in the input" in r.stderr and (tmp_path / "data" / "npid").is_dir()
+    (tmp_path / "safe.pth").write_text("keep")
+    (tmp_path / "out" / "supervised").mkdir(parents=True)
+    os.symlink(tmp_path / "safe.pth", tmp_path / "out" / "supervised" / "ck.pth")  # a link to the input
+    r = sh(f". scripts/env.sh; npid_clear {tmp_path / 'out'} supervised -- {tmp_path / 'out' / 'supervised' / 'ck.pth'}")
+    assert r.returncode == 2 and (tmp_path / "out" / "supervised" / "ck.pth").is_symlink()
+    for script in ("fashion_mnist_eval.sh", "fashion_mnist_benchmark.sh", "quickstart.sh"):  # exact names, no globs
+        calls = [l for l in open(os.path.join(ROOT, "scripts", script)) if "npid_clear" in l or "OWN" in l]
+        assert calls and not any("*" in l for l in calls), script

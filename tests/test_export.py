@@ -8,20 +8,10 @@ import torchvision
 import cifar
 import export_backbone
 import models
+from conftest import call as run_main
 from lib import checkpoint as ckpt
 from lib import features
 from test_linear import tiny_ckpt  # noqa: F401  (the shared module fixture)
-
-
-def run_main(fn, capsys, *argv):
-    capsys.readouterr()
-    try:
-        fn([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("source", ["recompute", "bank"])

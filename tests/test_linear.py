@@ -9,7 +9,7 @@ import torchvision
 import cifar
 import linear
 import models
-from conftest import TINY
+from conftest import TINY, call
 from lib import features
 from lib.errors import UserError
 
@@ -26,14 +26,7 @@ def tiny_ckpt(cifar_dir, tmp_path_factory):
 
 def run_linear(capsys, *argv):
     """linear.py in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        linear.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call(linear.main, capsys, *argv)
 
 
 def dims(model, size, pool="mhead"):

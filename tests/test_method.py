@@ -1,4 +1,5 @@
-"""Each equation of NPID_SPEC sections 2-3 against a float64 closed form."""
+"""Each equation of the paper (sections 3.1-3.3: the non-parametric softmax, NCE, the memory bank's
+update, the proximal term) against a float64 closed form."""
 import math
 
 import pytest
