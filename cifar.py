@@ -5,16 +5,15 @@ import os
 from torchvision import transforms
 
 import models
-from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset, num_classes
+from datasets import num_classes, registry
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
 
-STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-         "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-         "fashion-mnist": ((0.2860,) * 3, (0.3530,) * 3)}
-NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28}
-OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fashion-mnist": FashionMNISTInstance.open}
+# this script's datasets, as the registry (datasets/registry.py) describes them
+STATS = {k: registry.STATS[k] for k in registry.SMALL}
+NATIVE_SIZE = {k: registry.NATIVE_SIZE[k] for k in registry.SMALL}
+OPEN = registry.OPEN
 
 
 def get_args(argv=None):
@@ -70,19 +69,14 @@ def transforms_for(args):
         train_tf = transforms.PILToTensor()
     if args.cld:
         train_tf = TwoViews(train_tf)
-    test_tf = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    if size != NATIVE_SIZE[args.dataset]:
-        test_tf.insert(0, transforms.Resize(size))
-    return train_tf, transforms.Compose(test_tf)
+    return train_tf, registry.eval_transform(args.dataset, size)
 
 
 def task(args):
     train_tf, test_tf = transforms_for(args)
-    open_ = lambda train, tf: OPEN[args.dataset](args.data, train=train, transform=tf, download=args.download)
-    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=0)
-    train = sub(open_(True, train_tf), args.train_subset)
-    train_eval = sub(open_(True, test_tf), args.train_subset)
-    val = sub(open_(False, test_tf), args.test_subset)
+    open_ = lambda train, tf, n: registry.open_split(args.dataset, args.data, train, tf, args.download, n)
+    train, train_eval = open_(True, train_tf, args.train_subset), open_(True, test_tf, args.train_subset)
+    val = open_(False, test_tf, args.test_subset)
     mean, std = STATS[args.dataset]
     gpu_augment = GPUAugment(image_size(args), mean, std, flip=args.cld, order="jgf") if args.gpu_aug else None
     return engine.Task(train=train, train_eval=train_eval, val=val, num_classes=num_classes(train_eval),

@@ -6,7 +6,6 @@ python linear.py --dataset cifar10 --data DIR --pretrained CKPT [--head multi] [
 --head avgpool: MoCo main_lincls / mmselfsup resnet50_linear (Linear on the 2048-d pooled feature);
 --head multi: mmselfsup resnet50_mhead_linear (feat1..feat5, each pooled -> per-channel BN -> Linear)."""
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -18,22 +17,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
 
-import cifar
-from datasets import ImageFolderInstance, InstanceSubset, num_classes
+from datasets import InstanceSubset, num_classes, registry
 from lib import checkpoint as ckpt
 from lib import dist as du
-from lib import engine, features, options
+from lib import amp, data, features, knn, options, report, runs
 from lib.errors import UserError, brief, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
              "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def get_args(argv=None):
     p = options.bare(__doc__)
     p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
-    p.add_argument("--dataset", default=None, choices=["imagenet", *cifar.STATS],
+    p.add_argument("--dataset", default=None, choices=["imagenet", *registry.SMALL],
                    help="default: imagenet with DATA, cifar10 with --data")
     p.add_argument("--data", default=None, help="dataset root of cifar10/cifar100/fashion-mnist")
     p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction)
@@ -122,24 +119,18 @@ class Lighting:
 
 def datasets_for(args):
     """(train with the augmentation, the same images with the val transform, val, num classes)."""
+    size = registry.NATIVE_SIZE[args.dataset]
     if args.dataset == "imagenet":
         aug = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
         if args.head == "multi":  # mmselfsup's mhead recipe adds colour jitter and PCA lighting
             aug[2:] = [transforms.ColorJitter(0.4, 0.4, 0.4), transforms.ToTensor(), Lighting()]
-        train_tf = transforms.Compose(aug + [transforms.Normalize(MEAN, STD)])
-        val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                     transforms.Normalize(MEAN, STD)])
-        open_ = lambda train, tf: ImageFolderInstance.open_split(args.root, "train" if train else "val", tf)
     else:  # native size: RandomResizedCrop + flip for training, the plain image for evaluation
-        mean, std = cifar.STATS[args.dataset]
-        size = cifar.NATIVE_SIZE[args.dataset]
-        train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                       transforms.ToTensor(), transforms.Normalize(mean, std)])
-        val_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-        open_ = lambda train, tf: cifar.OPEN[args.dataset](args.data, train=train, transform=tf, download=args.download)
-    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=0)
-    train, train_eval = sub(open_(True, train_tf), args.train_subset), sub(open_(True, val_tf), args.train_subset)
-    val = sub(open_(False, val_tf), args.test_subset)
+        aug = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+    train_tf = transforms.Compose(aug + [transforms.Normalize(*registry.STATS[args.dataset])])
+    val_tf = registry.eval_transform(args.dataset)
+    open_ = lambda train, tf, n: registry.open_split(args.dataset, args.root or args.data, train, tf, args.download, n)
+    train, train_eval = open_(True, train_tf, args.train_subset), open_(True, val_tf, args.train_subset)
+    val = open_(False, val_tf, args.test_subset)
     return train, train_eval, val, num_classes(train_eval)
 
 
@@ -204,7 +195,7 @@ class LoaderBatches:
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
         for x, y, _ in self.loader:
-            with torch.no_grad(), self.autocast() if self.autocast else contextlib.nullcontext():
+            with torch.no_grad(), amp.autocast_or_nothing(self.autocast):
                 f = features.taps(self.backbone, x.to(self.device, non_blocking=True), self.layers, self.pool)
             yield {k: v.float() for k, v in f.items()}, y.to(self.device)
 
@@ -243,18 +234,18 @@ def train_epoch(head, batches, optimizer, epoch, args):
 
 
 @torch.no_grad()
-def evaluate(head, batches, num_classes, reduce):
-    """{tap: (top1, top5 or None)} in percent; `reduce`: the batches are this rank's shard."""
+def evaluate(head, batches, num_classes, sharded):
+    """{tap: (top1, top5 or None)} in percent; `sharded`: the batches are this rank's shard (counts summed)."""
     head.eval()
     counts = {}
     for f, y in batches.epoch(0):
         for name, z in head(f).items():
-            hit = z.topk(min(5, num_classes), dim=1).indices.eq(y[:, None])
+            top1, top5 = knn.topk_hits(z, y)
             c = counts.setdefault(name, torch.zeros(3, dtype=torch.float64, device=y.device))
-            c += torch.tensor([len(y), hit[:, 0].sum().item(), hit.any(1).sum().item()], dtype=torch.float64, device=y.device)
+            c += torch.tensor([len(y), top1, top5], dtype=torch.float64, device=y.device)
     out = {}
     for name, c in counts.items():
-        if reduce and du.is_dist():
+        if sharded and du.is_dist():
             torch.distributed.all_reduce(c)
         total, top1, top5 = c.tolist()
         out[name] = (100 * top1 / total, 100 * top5 / total if num_classes >= 5 else None)
@@ -267,7 +258,7 @@ def fmt(res):
 
 # --- one training of a head, resumable --------------------------------------------------------
 
-# linear.py's run identity: every setting counts (lib/engine.check_same_run) except how it is run;
+# linear.py's run identity: every setting counts (lib/runs.check_same_run) except how it is run;
 # the pretrained file counts by its sha256, not by its path
 RUNTIME_KEYS = {"workers", "print_freq", "device", "checkpoint_dir", "cache_dir", "log_dir", "no_auto_resume",
                 "rank", "dist_url", "dist_backend", "distributed", "gpu", "download", "pretrained"}
@@ -279,7 +270,7 @@ LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "th
 
 def head_file(args, tag, lr, num_classes):
     """(path, run identity) of one head's checkpoint."""
-    run_id = {**engine.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
+    run_id = {**runs.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
     return os.path.join(args.checkpoint_dir, f"linear-{tag}.pth"), run_id
 
 
@@ -294,7 +285,7 @@ def read_head(args, path, run_id):
             or "head_lr" not in ck["args"]:
         raise UserError(f"'{path}' is not a head checkpoint of this linear.py; use another --checkpoint-dir, "
                         "or --no-auto-resume to start afresh there (it will be overwritten)")
-    engine.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
+    runs.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
                           new=run_id, labels=LABELS)
     if not 1 <= ck["epoch"] <= args.epochs or not ck["result"]:
         raise UserError(f"'{path}' says epoch {ck['epoch']} of {args.epochs} with results {ck['result']}: not a "
@@ -306,7 +297,7 @@ def grid_tag(g):
     return f"grid-lr{g:.12g}"
 
 
-def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, reduce, channels=None):
+def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, sharded, channels=None):
     """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
     torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
     head = Head(dims, num_classes, channels).to(args.device)
@@ -336,7 +327,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
         loss = train_epoch(train_head, train_b, opt, epoch, args)
         if epoch == start:  # after the first epoch: the backbone (BN buffers included) is untouched
             check_frozen(backbone, reference)
-        res = evaluate(head, val_b, num_classes, reduce)
+        res = evaluate(head, val_b, num_classes, sharded)
         print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
         if du.is_main_process():
             ckpt.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
@@ -384,8 +375,8 @@ def loader_for(ds, args, train):
     common = dict(batch_size=max(1, args.batch_size // W), num_workers=args.workers,
                   pin_memory=args.device.startswith("cuda"), persistent_workers=args.workers > 0)
     if train:  # each image's crop drawn from (seed, epoch, index), as in training: resumes see the same
-        sampler = engine.SeededSampler(torch.utils.data.DistributedSampler(ds, W, R, shuffle=True, seed=args.seed))
-        return torch.utils.data.DataLoader(engine.SeededDataset(ds, args.seed), sampler=sampler, **common)
+        sampler = data.SeededSampler(torch.utils.data.DistributedSampler(ds, W, R, shuffle=True, seed=args.seed))
+        return torch.utils.data.DataLoader(data.SeededDataset(ds, args.seed), sampler=sampler, **common)
     return features.shard_loader(torch.utils.data.DataLoader(ds, **common))
 
 
@@ -394,23 +385,27 @@ def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast
     training set (eval on the un-augmented images), 'final' = whole training set / test set."""
     fit_idx, held_idx = holdout_split(len(train), args.holdout, args.seed)
     if args.cached:
-        trf, trl = cached(args, backbone, "train", train_eval, layers, pool, autocast)
-        vaf, val_l = cached(args, backbone, "val", val, layers, pool, autocast)
-        cb = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
-        parts = {"grid": lambda: (cb(trf, trl, fit_idx, True), cb(trf, trl, held_idx, False)),
-                 "final": lambda: (cb(trf, trl, range(len(trl)), True), cb(vaf, val_l, range(len(val_l)), False))}
+        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast)
+        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast)
+        batches = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
+        all_train, all_val = range(len(train_labels)), range(len(val_labels))
+        parts = {"grid": lambda: (batches(train_feats, train_labels, fit_idx, True),
+                                  batches(train_feats, train_labels, held_idx, False)),
+                 "final": lambda: (batches(train_feats, train_labels, all_train, True),
+                                   batches(val_feats, val_labels, all_val, False))}
     else:
-        lb = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
-        parts = {"grid": lambda: (lb(InstanceSubset(train, fit_idx), True), lb(InstanceSubset(train_eval, held_idx), False)),
-                 "final": lambda: (lb(train, True), lb(val, False))}
+        batches = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
+        parts = {"grid": lambda: (batches(InstanceSubset(train, fit_idx), True),
+                                  batches(InstanceSubset(train_eval, held_idx), False)),
+                 "final": lambda: (batches(train, True), batches(val, False))}
     return lambda part: parts[part]()
 
 
 def _run(args):
     du.init_distributed_mode(args)
     check_args(args)
-    print(f"git: {engine.git_sha()}")
-    print("args: " + json.dumps(engine.plain_args(args), sort_keys=True))
+    print(f"git: {runs.git_sha()}")
+    print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
     args.sha256 = info["sha256"]
     for p in backbone.parameters():
@@ -422,33 +417,32 @@ def _run(args):
     print(f"=> head checkpoints in '{args.checkpoint_dir}'")
     train, train_eval, val, C = datasets_for(args)
     layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
-    size = 224 if args.dataset == "imagenet" else cifar.NATIVE_SIZE[args.dataset]
+    size = registry.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, pool or "avg")
     channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
-    autocast = engine.amp_context(args, torch.device(args.device))
+    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
     writer = None
     if du.is_main_process():
         ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+        writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))
     make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
-    reduce = not args.cached
+    sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr
     if args.grid:  # chosen on held-out training images, never on the test set
         held = {}
         for g in args.grid:
-            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], writer, reduce,
+            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], writer, sharded,
                       channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = max(held, key=held.get)
         print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
-              writer, reduce, channels)
+              writer, sharded, channels)
     if writer:
         writer.close()
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"

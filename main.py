@@ -2,12 +2,12 @@
 from torchvision import transforms
 
 import models
-from datasets import ImageFolderInstance
+from datasets import registry
 from lib import engine, options
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = list(registry.IMAGENET_MEAN), list(registry.IMAGENET_STD)
 
 
 def get_args(argv=None):
@@ -34,13 +34,13 @@ def task(args):
         transforms.Normalize(MEAN, STD)])
     if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
         train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
-    test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                  transforms.Normalize(MEAN, STD)])
+    test_tf = registry.eval_transform("imagenet")
     if args.cld:  # two views of each image (the list already has the flip)
         train_tf = TwoViews(train_tf)
     # val's labels are train's indices of the same folder names (not val's own sorted order)
-    train, val = (ImageFolderInstance.open_split(args.data, s, tf) for s, tf in (("train", train_tf), ("val", test_tf)))
-    return engine.Task(train=train, train_eval=ImageFolderInstance.open_split(args.data, "train", test_tf),
+    open_ = lambda train, tf: registry.open_split("imagenet", args.data, train, tf)
+    train, val = open_(True, train_tf), open_(False, test_tf)
+    return engine.Task(train=train, train_eval=open_(True, test_tf),
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
                        gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import cifar
 from lib import checkpoint as ckpt
-from lib import engine
+from lib import data, engine, knn, runs
 from lib.errors import UserError, exit_on_error
 
 # cifar.py flags this script does not implement: set, they would be silently ignored (or crash)
@@ -24,7 +24,7 @@ UNSUPPORTED = ("cld", "evaluate", "resume", "start_epoch", "amp", "compile", "it
 @torch.no_grad()
 def accuracy(model, head, loader, device, t):
     model.eval()
-    hits = sum((head(model(x.to(device))) / t).argmax(1).eq(y.to(device)).sum().item() for x, y, _ in loader)
+    hits = sum(knn.topk_hits(head(model(x.to(device))) / t, y.to(device))[0] for x, y, _ in loader)
     model.train()
     return 100.0 * hits / len(loader.dataset)
 
@@ -52,7 +52,7 @@ def train(args):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=args.momentum,
                           weight_decay=args.weight_decay)
-    train_loader, _, val_loader = engine.make_loaders(task, args)
+    train_loader, _, val_loader = data.make_loaders(task, args)
     for epoch in range(args.epochs):
         t0, total, n = time.time(), 0.0, 0
         train_loader.sampler.set_epoch(epoch)
@@ -74,7 +74,7 @@ def train(args):
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     # this repo's checkpoint layout, without a memory bank: features.load_backbone reads it
     ckpt.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
-                      "head": head.state_dict(), "args": engine.plain_args(args), "supervised": True}, path)
+                      "head": head.state_dict(), "args": runs.plain_args(args), "supervised": True}, path)
     print(f"supervised: checkpoint '{path}'")
 
 

@@ -9,17 +9,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 
-import cifar
-import main as imagenet
-import test as knn
-from datasets import InstanceSubset, VOC2007Instance, num_classes as classes_of
-from lib import features, svm
+from datasets import num_classes as classes_of, registry
+from lib import features, knn, report, svm
 from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
 
-DATASETS = ("voc07", "imagenet", "cifar10", "cifar100", "fashion-mnist")
+DATASETS = ("voc07", "imagenet", *registry.SMALL)
 
 
 def get_args(argv=None):
@@ -69,18 +65,10 @@ def parse_list(text, what, cast=float):
 
 def datasets(args):
     """(train, test, mean, std) with the test transform of the training script of that dataset."""
-    if args.dataset == "voc07":
-        # Resize 256, then 224 x 224 (aspect ratio not kept), as mmselfsup extracts VOC07 features
-        tf = transforms.Compose([transforms.Resize(256), transforms.Resize((224, 224)), transforms.ToTensor(),
-                                 transforms.Normalize(imagenet.MEAN, imagenet.STD)])
-        voc = lambda split: VOC2007Instance(args.data, split, tf)
-        return voc("trainval"), voc("test"), imagenet.MEAN, imagenet.STD
-    if args.dataset == "imagenet":
-        task = imagenet.task(imagenet.get_args([args.data]))
-    else:
-        task = cifar.task(cifar.get_args(["--dataset", args.dataset, "--data", args.data]))
-    sub = lambda ds, n: InstanceSubset.first_per_seed(ds, n, seed=args.seed)
-    return sub(task.train_eval, args.train_subset), sub(task.val, args.test_subset), task.mean, task.std
+    tf = registry.eval_transform(args.dataset)
+    open_ = lambda train, n: registry.open_split(args.dataset, args.data, train, tf, download=True, subset=n,
+                                                 seed=args.seed)
+    return (open_(True, args.train_subset), open_(False, args.test_subset), *registry.STATS[args.dataset])
 
 
 class _ImagesOnly(torch.utils.data.Dataset):
@@ -107,18 +95,14 @@ def pixels(loader, mean, std, one_channel):
     """The [0, 1] pixels (the test transform undone), as report.raw_pixel_knn uses them."""
     out = []
     for x, _, _ in loader:
-        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        x = report.denormalize(x, mean, std)
         out.append((x[:, :1] if one_channel else x).flatten(1))
     return torch.cat(out)
 
 
 def knn_top1(x_train, y_train, x_test, y_test, num_classes, k, sigma):
     bank, q = F.normalize(x_train, dim=1), F.normalize(x_test, dim=1)
-    hits = 0
-    for a in range(0, len(q), 512):
-        pred = knn.rank_by_score(knn.knn_predict(q[a:a + 512], bank, y_train, num_classes, k, sigma))[:, 0]
-        hits += pred.eq(y_test[a:a + 512]).sum().item()
-    return 100.0 * hits / len(q)
+    return knn.knn_classify(q, y_test, bank, y_train, num_classes, k, sigma, chunk=512)["knn_top1"]
 
 
 def check_args(args):

@@ -22,11 +22,14 @@ class InstanceSubset(torch.utils.data.Dataset):
         return img, target, i
 
     @classmethod
-    def first_per_seed(cls, dataset, n, seed=0):
-        """n samples drawn without replacement by a fixed seed (the same split every run)."""
+    def random_subset(cls, dataset, n, seed=0):
+        """n samples drawn at random without replacement by a fixed seed (the same split every run),
+        in dataset order; n = 0 (or >= the size) is the whole dataset."""
         if n < 0:
             raise UserError(f"a subset size must be >= 0 (0 = all images), got {n}")
         if not n or n >= len(dataset):
             return dataset
         g = torch.Generator().manual_seed(seed)
         return cls(dataset, torch.randperm(len(dataset), generator=g)[:n].sort().values.tolist())
+
+    first_per_seed = random_subset  # the earlier name

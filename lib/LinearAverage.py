@@ -1,5 +1,4 @@
 """Full non-parametric softmax bank (the original's `lib.LinearAverage.LinearAverage`)."""
-import torch
 
 from . import ops
 from .memory import MemoryBank

@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 
 from . import ops
-from .memory import MemoryBank, _world
+from .dist import get_world_size
+from .memory import MemoryBank
 from .NCECriterion import NCECriterion
 
 
@@ -55,9 +56,9 @@ class NCEAverage(MemoryBank):
     def estimate_Z(self, s):
         # Z = mean(exp(s/T)) * N on the first batch only, averaged over ranks, then frozen
         z = torch.exp(s.detach().float() / self.T).mean() * self.nLem
-        if _world() > 1:
+        if get_world_size() > 1:
             dist.all_reduce(z)
-            z /= _world()
+            z /= get_world_size()
         self.params[2] = z
         print(f"normalization constant Z is set to {float(z):.1f}")
 

@@ -241,6 +241,21 @@ def as_npid(obj, path, legacy=False, prefix="--resume: "):
     return obj
 
 
+def misfit(own, sd, may_miss=()):
+    """Why state dict `sd` does not fit a model whose state dict is `own` (None if it fits): a shape,
+    a missing or an unexpected tensor. BatchNorm counters (absent from the authors' files) and keys
+    with a prefix in `may_miss` may be missing. The one fit check of resume and load_backbone."""
+    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
+               and not any(k.startswith(p) for p in may_miss)]
+    unexpected = [k for k in sd if k not in own]
+    if bad:
+        return f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}"
+    if missing:
+        return f"missing {missing[0]}"
+    return f"unexpected {unexpected[0]}" if unexpected else None
+
+
 def load(path, prefix="--resume: "):
     """Read a checkpoint of this repo or of the authors; any problem is one UserError line."""
     obj, legacy = load_object(path, prefix)

@@ -1,25 +1,29 @@
-"""The one training engine behind main.py and cifar.py: set-up, train_one_epoch, evaluation,
-checkpoint/resume. The scripts only describe their data, model and schedule (a `Task`)."""
+"""The one training engine behind main.py and cifar.py: set-up, train_one_epoch, evaluation and
+the run's orchestration. The scripts only describe their data, model and schedule (a `Task`); the
+seeded data pipeline is lib/data.py, run identity and resume lib/runs.py."""
 import json
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
 
-import test as knn
+from . import amp
 from . import checkpoint as ckpt
 from . import dist as du
 from . import export
+from . import knn
 from . import report
-from .errors import UserError, brief, exit_on_error
-from .methods import NPID, build_bank, build_method  # noqa: F401 (build_bank: the bank alone, for tools)
+from .data import SeededDataset, SeededSampler, make_loaders, sample_seed  # noqa: F401 (engine's names)
+from .errors import UserError, exit_on_error
+from .methods import build_method
+from .runs import (ANY_RESUME_KEYS, EXPLICIT_RESUME_KEYS, RUNTIME_KEYS, bank_from_checkpoint,  # noqa: F401
+                   check_same_data, check_same_run, git_sha, load_method_head, load_model_weights, plain_args,
+                   resume, rng_state, save)
 
 
 @dataclass
@@ -38,18 +42,6 @@ class Task:
 
 
 # --- set-up -------------------------------------------------------------------------------
-
-def git_sha():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
-        sha = r.stdout.strip() if r.returncode == 0 else ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
-        return (sha or "unknown") + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
 
 def check_args(args, n_train):
     if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
@@ -70,253 +62,10 @@ def check_args(args, n_train):
 
 
 def amp_context(args, device):
-    if args.amp == "off":
-        return None
-    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-class SeededSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch) so that SeededDataset can draw each image's augmentation from
-    (seed, epoch, index): the same crops whatever -j, the number of ranks, or a resume."""
-
-    def __init__(self, sampler):
-        self.sampler, self.epoch = sampler, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        return ((i, self.epoch) for i in self.sampler)
-
-    def __len__(self):
-        return len(self.sampler)
-
-
-def sample_seed(seed, epoch, index):
-    """The seed of one image's augmentation: (seed, epoch, index) hashed by numpy's SeedSequence
-    into the 32 bits the CPU generator keeps (it drops higher bits: a seed built by shifting
-    epoch and seed above bit 31 repeats every two epochs). Any int64 --seed works. The entropy is
-    four 32-bit words of fixed layout: SeedSequence splits a big int into words and pads with zeros,
-    so [2**32, 5, 0] and [0, 1, 5] would otherwise hash alike."""
-    s = seed % 2**64
-    return int(np.random.SeedSequence([s & 0xFFFFFFFF, s >> 32, epoch, index]).generate_state(1, np.uint32)[0])
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """Draws each image's augmentation from its own seed, sample_seed(seed, epoch, index): the
-    torchvision transforms use the default CPU generator, so it is reseeded for the sample and
-    restored after. Only that generator: torch.manual_seed would also reseed CUDA's, which
-    fork_rng(devices=[]) does not restore (the negatives would then follow the last image)."""
-
-    def __init__(self, dataset, seed):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        i, epoch = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i))
-            return self.dataset[i]
-
-
-def make_loaders(task, args):
-    W, R = args.world_size, args.rank
-    # own generators: worker seeding then never draws from the global RNG (which the negatives
-    # use), so when the loaders start does not matter and a resumed run stays bit-exact
-    common = dict(num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                  persistent_workers=args.workers > 0)
-    gen = lambda: torch.Generator().manual_seed(args.seed)
-    sampler = SeededSampler(torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed))
-    train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
-                                        sampler=sampler, generator=gen(), **common)
-    bs = max(1, args.batch_size // W)
-    train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
-    val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
-    return train, train_eval, val
+    return amp.autocast_for(args.amp, torch.device(device).type)
 
 
 # --- checkpoints --------------------------------------------------------------------------
-
-def plain_args(args):
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
-
-
-def rng_state():
-    s = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        s["cuda"] = torch.cuda.get_rng_state()
-    return s
-
-
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None):
-    state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
-             "memory": {"type": type(bank).__name__, **bank.state_dict()},
-             "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
-             "best_knn": best_knn}
-    if scaler is not None:  # fp16's loss scale: a resume must not restart it
-        state["scaler"] = scaler.state_dict()
-    if head:  # a method's own parameters beside the model (CLD's group head); absent for NPID
-        state["method_head"] = head
-    path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-    ckpt.save_atomic(state, path)
-    if is_best:  # a convenience copy only: the reported figure is always the last epoch's
-        ckpt.copy_atomic(path, os.path.join(args.checkpoint_dir, "model_best.pth"))
-    return path
-
-
-def load_model_weights(model, ck, args, path):
-    if ck.get("arch") and ck["arch"] != args.arch:
-        raise UserError(f"--resume: '{path}' holds a {ck['arch']} but --arch is {args.arch}")
-    sd = ck["state_dict"]
-    own = model.state_dict()
-    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    if bad or missing or unexpected:
-        what = (f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad else
-                f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
-        saved = ck.get("args") if isinstance(ck.get("args"), dict) else {}
-        hint = ""
-        for flag in ("head", "width", "low_dim"):  # the usual cause, named by the checkpoint itself
-            if flag in saved and flag in vars(args) and saved[flag] != getattr(args, flag):
-                opt = "--" + flag.replace("_", "-")
-                hint = f": it was trained with {opt} {saved[flag]}, not {getattr(args, flag)}; add {opt} {saved[flag]}"
-                break
-        raise UserError(f"--resume: '{path}' does not fit --arch {args.arch} --low-dim {args.low_dim} ({what}){hint}")
-    model.load_state_dict(sd, strict=False)  # BN counters absent from the authors' files stay 0
-
-
-def bank_from_checkpoint(ck, path, n):
-    mem = ck.get("memory")
-    if not isinstance(mem, dict) or "memory" not in mem:
-        raise UserError(f"--resume: '{path}' has no memory bank")
-    if mem["memory"].shape[0] != n:
-        raise UserError(f"--resume: the bank in '{path}' has {mem['memory'].shape[0]} entries "
-                        f"but the training set has {n} images (wrong dataset?)")
-    return mem
-
-
-def load_method_head(method, ck, path):
-    """A method's own parameters (CLD's group head): present iff the run uses them."""
-    if bool(method.head_state()) != bool(ck.get("method_head")):
-        raise UserError(f"--resume: '{path}' was trained {'with' if ck.get('method_head') else 'without'} --cld, "
-                        f"this run is {'with' if method.head_state() else 'without'} it")
-    if ck.get("method_head"):
-        method.load_head_state(ck["method_head"])
-
-
-# What a run is. A resume continues the run in the checkpoint, so these must match it (the bank,
-# its T and m, the data and the network depend on them); any flag not named below counts here,
-# so a new option is protected without being listed.
-RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluation settings)
-    "workers", "device", "checkpoint_dir", "log_dir", "resume", "evaluate", "no_auto_resume", "start_epoch",
-    "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last",
-    "baselines", "retrievals", "knn_source", "download", "export_features", "export_embedding"}
-# may change on any resume (said): the length, the logging, the evaluation's k and test subset (the
-# kNN figures and model_best's choice change with them), autocast, the number of processes (the
-# per-process batch and so BatchNorm's statistics change), the init (spent after the first step)
-ANY_RESUME_KEYS = {"epochs", "print_freq", "knn_k", "test_subset", "amp", "world_size", "init"}
-EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "iter_size", "data",
-                        "warmup_epochs", "sync_bn"}  # only with an explicit --resume (said)
-
-
-def _same(key, a, b):
-    if key in ("data", "root") and isinstance(a, str) and isinstance(b, str):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
-
-
-def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                   explicit=EXPLICIT_RESUME_KEYS, new=None, labels=None):
-    """Stop with one line if the checkpoint's run differs from this command's in what defines it;
-    say each accepted change. The one run-identity check of every script: each passes the keys that
-    are only how it runs (`runtime`) or that may change on a resume, and `new`, its run's settings
-    (default: plain_args(args)); `labels` names the keys that are not flags."""
-    old, new = ck.get("args"), plain_args(args) if new is None else new
-    if not isinstance(old, dict):
-        return  # the authors' files carry no arguments
-    # a flag newer than the checkpoint: its run had the flag's default behaviour
-    defaults = getattr(args, "parser_defaults", {})
-    old = {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
-    diff = {k: (old[k], new[k]) for k in old.keys() & new.keys()
-            if k not in runtime and not _same(k, old[k], new[k])}
-    allowed = any_resume | (set() if auto else explicit)
-    bad = {k: v for k, v in diff.items() if k not in allowed}
-    if bad:
-        name = lambda k: (labels or {}).get(k) or "--" + k.replace("_", "-")
-        what = "; ".join(f"{name(k)} {a} -> {b}" for k, (a, b) in sorted(bad.items()))
-        if auto:
-            raise UserError(f"'{path}' is another run ({what}): not auto-resuming it. Use another --checkpoint-dir, "
-                            "or --no-auto-resume to start afresh there (its checkpoint will be overwritten)")
-        raise UserError(f"--resume '{path}' was trained with other settings ({what}); a resumed run may change "
-                        f"only {', '.join('--' + k.replace('_', '-') for k in sorted(allowed))}")
-    for k, (a, b) in sorted(diff.items()):
-        print(f"=> resuming with --{k.replace('_', '-')} {b} (the checkpoint's run had {a})")
-
-
-def check_same_data(args, ck, path):
-    """Evaluation scores the checkpoint's bank by dataset index: the training set must be its own."""
-    old = ck.get("args")
-    if not isinstance(old, dict):
-        return
-    for k in ("dataset", "train_subset", "size"):
-        if k in old and k in vars(args) and old[k] != getattr(args, k):
-            raise UserError(f"'{path}' was trained with --{k.replace('_', '-')} {old[k]}, "
-                            f"this command says {getattr(args, k)}: its bank does not index these images")
-
-
-def resume(args, model, bank, optimizer, n, scaler=None, method=None):
-    """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume; evaluation
-    without --resume evaluates that one and says so)."""
-    path, auto = args.resume, False
-    if not path:
-        latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-        if args.evaluate:
-            if not os.path.isfile(latest):
-                raise UserError(f"nothing to evaluate: give --resume CHECKPOINT (no checkpoint in '{args.checkpoint_dir}')")
-            print(f"=> no --resume given: evaluating the latest checkpoint of --checkpoint-dir, '{latest}'")
-        elif args.no_auto_resume or not os.path.isfile(latest):
-            return 0, None
-        else:
-            print(f"=> auto-resuming from '{latest}'")
-        path, auto = latest, not args.evaluate
-    ck = ckpt.load(path)
-    load_model_weights(model, ck, args, path)
-    mem = bank_from_checkpoint(ck, path, n)
-    if args.evaluate:
-        check_same_data(args, ck, path)
-        bank.memory.copy_(mem["memory"])
-        print(f"=> loaded '{path}' (epoch {ck.get('epoch', '?')}) for evaluation")
-        return ck.get("epoch", 0), ck
-    if mem.get("type") != type(bank).__name__ or mem["params"].shape != bank.params.shape:
-        raise UserError(f"--resume: '{path}' was trained with a {mem.get('type')} bank; "
-                        f"this run uses {type(bank).__name__} (check --nce-k)")
-    if mem["memory"].shape[1] != args.low_dim:
-        raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
-    check_same_run(args, ck, path, auto)
-    bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
-    if method is not None:
-        load_method_head(method, ck, path)
-    try:  # a foreign file can pass the type checks of checkpoint.as_npid and still not fit
-        if "optimizer" in ck and not ck.get("legacy"):
-            optimizer.load_state_dict(ck["optimizer"])
-        if scaler is not None and "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        rngs = ck.get("rng") or []
-        if len(rngs) == args.world_size:
-            torch.set_rng_state(rngs[args.rank]["cpu"])
-            if "cuda" in rngs[args.rank] and args.device.startswith("cuda"):
-                torch.cuda.set_rng_state(rngs[args.rank]["cuda"])
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise UserError(f"--resume: '{path}': its optimizer, scaler or RNG state does not fit this run "
-                        f"({brief(e)})") from None
-    print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
-    return ck["epoch"], ck
-
 
 # --- one epoch ----------------------------------------------------------------------------
 
@@ -340,8 +89,6 @@ def set_lr(optimizer, lr):
 def train_one_epoch(model, method, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
                     gpu_augment=None, writer=None):
     model.train()
-    if not isinstance(method, NPID):  # a bare memory bank: plain NPID
-        method = NPID(method, args.channels_last)
     batch_time, data_time, losses = Meter(), Meter(), Meter()
     optimizer.zero_grad(set_to_none=True)
     pending = torch.zeros((), device=device)  # the loss sum since the last print, kept on device
@@ -469,9 +216,7 @@ def _run(args, make_task):
     writer = None
     if du.is_main_process():
         ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the first step, not at its end
-        log_dir = ckpt.check_writable_dir(args.log_dir or os.path.join(args.checkpoint_dir, "tb"), "--log-dir")
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir)
+        writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
     baselines = {}
     if args.baselines and start_epoch == 0:  # the same network before any step, and raw pixels
         baselines["random_init"] = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute",

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import dist as du
 from . import features
+from . import report
 
 
 def _paths(ds):
@@ -47,13 +48,11 @@ def run(args, model, train_feats, task, val_loader, device, autocast, source):
     if args.export_embedding:
         k = min(args.export_embedding, len(val))
         pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(args.seed))[:k].sort().values
-        mean, std = torch.tensor(task.mean).view(3, 1, 1), torch.tensor(task.std).view(3, 1, 1)
-        thumbs = torch.stack([task.val[i][0] * std + mean for i in pick.tolist()]).clamp(0, 1)
+        thumbs = report.denormalize(torch.stack([task.val[i][0] for i in pick.tolist()]), task.mean, task.std).clamp(0, 1)
         thumbs = F.interpolate(thumbs, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
         names = _classes(task.val)
         meta = [names[c] if c < len(names) else str(c) for c in val_labels[pick].tolist()]
-        from torch.utils.tensorboard import SummaryWriter
         log_dir = args.log_dir or os.path.join(args.checkpoint_dir, "tb")
-        with SummaryWriter(log_dir) as w:
+        with report.tensorboard(log_dir) as w:
             w.add_embedding(val[pick], metadata=meta, label_img=thumbs, tag="val_features")
         print(f" * projector embedding of {k} val features -> '{log_dir}' (tensorboard --logdir {log_dir})")

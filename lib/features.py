@@ -6,7 +6,6 @@ plain torchvision ResNet state dict; `taps` runs it and returns named intermedia
 float32 tensors written by dataset index."""
 import hashlib
 import math
-import os
 import time
 
 import torch
@@ -16,6 +15,8 @@ import torch.nn.functional as F
 
 import models
 from . import checkpoint as ckpt
+from . import dist as du
+from .amp import autocast_or_nothing
 from .errors import UserError
 
 LAYERS = ("feat1", "feat2", "feat3", "feat4", "feat5", "avgpool", "embed")
@@ -155,14 +156,8 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
                 key=lambda k: (k.count("."), k.split(".")[1].zfill(4)))
     low_dim = sd[fc[-1]].shape[0] if fc else 128  # the out dim of the last Linear of the head
     model = models.__dict__[arch](low_dim=low_dim, head=head, **({"width": width} if cifar else {}))
-    own = model.state_dict()
-    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
-               and not (ck is None and k.startswith("fc."))]  # a torchvision file may come without fc
-    unexpected = [k for k in sd if k not in own]
-    if bad or missing or unexpected:
-        what = (f"shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}" if bad else
-                f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+    what = ckpt.misfit(model.state_dict(), sd, may_miss=("fc.",) if ck is None else ())  # torchvision: maybe no fc
+    if what:
         raise UserError(f"'{ckpt_path}' does not fit {arch}" + (f" width {width}" if cifar else "") + f" ({what})")
     model.load_state_dict(sd, strict=False)
     if not fc:  # a bare backbone (export_backbone.py, torchvision without fc): no random layer in its place
@@ -209,7 +204,7 @@ def check_fits(info, dataset):
 # --- extraction ---------------------------------------------------------------------------
 
 def world():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    return du.get_rank(), du.get_world_size()
 
 
 def shard_loader(loader):
@@ -256,7 +251,7 @@ def extract_features(model, loader, device, layer="embed", pool=None, autocast=N
     shard = shard_loader(loader)
     for images, targets, index in shard:
         images = images.to(device, non_blocking=True)
-        with autocast() if autocast else torch.no_grad():
+        with autocast_or_nothing(autocast):
             out = {"embed": model(images)} if names == ("embed",) else taps(model, images, names, pool)
         for k in names:
             f = out[k].flatten(1).float().cpu()

@@ -6,18 +6,14 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dist import broadcast_model
-
-
-def _world():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from .dist import broadcast_model, get_world_size
 
 
 def all_gather_cat(t):
     """Concatenate a tensor over ranks in rank order (identity in one process)."""
-    if _world() == 1:
+    if get_world_size() == 1:
         return t
-    out = [torch.empty_like(t) for _ in range(_world())]
+    out = [torch.empty_like(t) for _ in range(get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out)
 

@@ -10,16 +10,15 @@ model (CLD's group head) are its `head_state()`, saved beside the model.
 
 NPID: the paper, unchanged. NPIDCLD: NPID + Cross-Level Discrimination (Wang, Liu, Yu, CVPR 2021),
 following the authors' code frank-xwang/CLD-UnsupervisedLearning (cited below as CLD:file)."""
-import contextlib
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import dist as du
+from .amp import autocast_or_nothing, to_float32
 from .errors import UserError
 from .LinearAverage import LinearAverage
-from .memory import _world
 from .NCEAverage import NCEAverage
 
 
@@ -56,14 +55,6 @@ class TwoViews:
         return f"TwoViews({self.transform!r})"
 
 
-def _ctx(autocast):
-    return autocast() if autocast else contextlib.nullcontext()
-
-
-def _up(x):  # autocast's half precision up to float32; float32/float64 as they are
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 class NPID(nn.Module):
     """One view, the instance loss against the bank, then the bank update with its features."""
 
@@ -75,7 +66,7 @@ class NPID(nn.Module):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def forward(self, model, images, index, autocast=None):
-        with _ctx(autocast):
+        with autocast_or_nothing(autocast):
             feature = model(self.prepare(images))  # B x D, L2-normalised, float32
         self._step = (feature.detach(), index)
         return self.bank.loss(feature.float(), index)
@@ -150,17 +141,17 @@ class NPIDCLD(NPID):
         fc.register_forward_pre_hook(lambda m, inp: setattr(self, "_pooled", inp[0]))
 
     def group_features(self, pooled):
-        return F.normalize(_up(self.group(pooled)), dim=1)
+        return F.normalize(to_float32(self.group(pooled)), dim=1)
 
     def forward(self, model, images, index, autocast=None):
         if images.dim() != 5 or images.shape[1] != 2:
             raise UserError(f"--cld needs two views per image (B x 2 x C x H x W), got {tuple(images.shape)}")
         feats, groups = [], []
         for v in (images[:, 0], images[:, 1]):  # one forward per view: BN statistics per view, as theirs
-            with _ctx(autocast):
+            with autocast_or_nothing(autocast):
                 feats.append(model(self.prepare(v)))  # B x D instance features
                 groups.append(self.group_features(self._pooled))  # B x D group features
-        instance = (self.bank.loss(_up(feats[0]), index) + self.bank.loss(_up(feats[1]), index)) / 2
+        instance = (self.bank.loss(to_float32(feats[0]), index) + self.bank.loss(to_float32(feats[1]), index)) / 2
         self._step = ([f.detach() for f in feats], index)
         return instance + self.lam * cld_loss(groups[0], groups[1], self.clusters, self.iters, self.t)
 
@@ -169,11 +160,11 @@ class NPIDCLD(NPID):
         self.bank.update(f2, index)  # view 2 first, then view 1 (see the class comment)
         self.bank.update(f1, index)
         self._step = None
-        if _world() > 1:  # the group head is outside DDP: average its gradients over the ranks here
+        if du.get_world_size() > 1:  # the group head is outside DDP: average its gradients over the ranks here
             for p in self.group.parameters():  # (before the optimiser step; an accumulated sum stays exact)
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
-                    p.grad /= _world()
+                    p.grad /= du.get_world_size()
 
     def head_state(self):
         return self.group.state_dict()

@@ -2,26 +2,31 @@
 import torch
 import torch.nn.functional as F
 
-import test as knn
+from . import checkpoint as ckpt
+from . import knn
+from .amp import autocast_or_nothing
 
 
-def _denorm(x, mean, std):
+def denormalize(x, mean, std):
+    """Undo the test transform's Normalize: B x C x H x W back to [0, 1] pixels."""
     return x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+
+
+def tensorboard(log_dir):
+    """The run's TensorBoard writer, its folder checked writable first (one line if it is not)."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(ckpt.check_writable_dir(log_dir, "--log-dir"))
 
 
 @torch.no_grad()
 def raw_pixel_knn(train_loader, val_loader, train_labels, num_classes, mean, std, k=200, sigma=0.1):
     """Cosine kNN on the [0, 1] pixels themselves: the floor a learned feature should clear."""
     def pixels(loader):  # one pass: unit-norm pixel vectors and targets
-        xs, ts = zip(*[(F.normalize(_denorm(x, mean, std).flatten(1), dim=1), t) for x, t, _ in loader])
+        xs, ts = zip(*[(F.normalize(denormalize(x, mean, std).flatten(1), dim=1), t) for x, t, _ in loader])
         return torch.cat(xs), torch.cat(ts)
     (bank, _), labels = pixels(train_loader), torch.as_tensor(train_labels).cpu()
     q, targets = pixels(val_loader)
-    top1 = 0
-    for a in range(0, len(q), 512):
-        pred = knn.rank_by_score(knn.knn_predict(q[a:a + 512], bank, labels, num_classes, k, sigma))[:, 0]
-        top1 += pred.eq(targets[a:a + 512]).sum().item()
-    return 100.0 * top1 / len(q)
+    return knn.knn_classify(q, targets, bank, labels, num_classes, k, sigma, chunk=512)["knn_top1"]
 
 
 @torch.no_grad()
@@ -32,12 +37,12 @@ def retrieval_grid(model, train_feats, train_set, val_set, mean, std, device, n_
     g = torch.Generator().manual_seed(0)
     qi = torch.randperm(len(val_set), generator=g)[:n_queries].tolist()
     queries = torch.stack([val_set[i][0] for i in qi])
-    with autocast() if autocast else torch.no_grad():
+    with autocast_or_nothing(autocast):
         f = model(queries.to(device)).float()
     _, nn = knn.topk_neighbors(f, train_feats, k)
     rows = []
     for r, i in enumerate(qi):
         rows.append(queries[r])
         rows.extend(train_set[j][0] for j in nn[r].tolist())
-    imgs = _denorm(torch.stack(rows), mean, std).clamp(0, 1)
+    imgs = denormalize(torch.stack(rows), mean, std).clamp(0, 1)
     return torchvision.utils.make_grid(imgs, nrow=k + 1, padding=2, pad_value=1.0)

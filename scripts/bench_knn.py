@@ -17,9 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-import test as knn  # noqa: E402
+from lib import knn  # noqa: E402
 
 
 def measure(a, which):

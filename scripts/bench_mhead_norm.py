@@ -12,7 +12,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import linear  # noqa: E402
-from lib import engine, features  # noqa: E402
+from lib import amp, features  # noqa: E402
 
 
 class PerPositionHead(linear.Head):
@@ -43,7 +43,7 @@ def main(argv=None):
     size = 224 if args.dataset == "imagenet" else linear.cifar.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, "mhead")
     channels = features.tap_channels(backbone, layers, size)
-    autocast = engine.amp_context(args, torch.device(args.device))
+    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
     trf, trl = linear.cached(args, backbone, "train", train_eval, layers, "mhead", autocast)
     vaf, val_l = linear.cached(args, backbone, "val", val, layers, "mhead", autocast)
     print(f"{info['arch']} '{args.pretrained}': " + ", ".join(f"{n} {channels[n]} ch, {dims[n]}-d" for n in layers)

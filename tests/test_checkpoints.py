@@ -78,7 +78,7 @@ def test_authors_checkpoint_evaluates_with_main_py(tmp_path, imagenet_dir):
     assert r.returncode == 0, r.stderr
     assert "Top1:" in r.stdout and "Traceback" not in r.stderr
     # the same figure as scoring the loaded network against that bank by hand
-    import test as knn
+    from lib import knn
     from main import get_args, task
     t = task(get_args([imagenet_dir]))
     net.eval()

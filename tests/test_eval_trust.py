@@ -21,7 +21,6 @@ import supervised
 import svm as svm_script
 from conftest import ROOT, TINY, call
 from datasets import ImageFolderInstance, num_classes
-from lib import checkpoint as ckpt
 from lib import features
 from lib.errors import UserError
 from test_linear import tiny_ckpt  # noqa: F401  (the shared module fixture)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import test as knn
+from lib import knn
 
 
 def brute(query, bank, labels, C, k, sigma):

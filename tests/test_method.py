@@ -272,6 +272,7 @@ def test_one_training_step_matches_closed_form():
     """A whole engine step: gradient against the old bank, SGD with momentum and weight decay,
     then the bank update with the step's features."""
     from lib.engine import train_one_epoch
+    from lib.methods import NPID
     import types
 
     torch.manual_seed(0)
@@ -293,7 +294,7 @@ def test_one_training_step_matches_closed_form():
     opt = torch.optim.SGD(lin.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
     bank.sample = lambda yy: idx  # the same negatives
     args = types.SimpleNamespace(iter_size=1, print_freq=1, channels_last=False, checkpoint_dir=".")
-    train_one_epoch(model, bank, [(imgs, None, y)], opt, 0, args, torch.device("cpu"))
+    train_one_epoch(model, NPID(bank), [(imgs, None, y)], opt, 0, args, torch.device("cpu"))
     assert torch.allclose(lin.weight, W0 - lr * (gW + wd * W0))  # first SGD step: buffer = grad
     assert torch.allclose(lin.bias, b0 - lr * (gb + wd * b0))
     want = V0.clone()

@@ -1,0 +1,50 @@
+"""The one dataset registry: every dataset the repo reads, with its statistics, native size, opener
+and evaluation transform. Training (cifar.py, main.py), linear.py, svm.py, export and later scripts
+open their data here; ImageNet-layout val/ folders take train's labels by class name (folder.py)."""
+from torchvision import transforms
+
+from lib.errors import UserError
+from .cifar import CIFAR10Instance, CIFAR100Instance
+from .fashion import FashionMNISTInstance
+from .folder import ImageFolderInstance
+from .subset import InstanceSubset
+from .voc import VOC2007Instance
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# the Normalize statistics of the test transform (the authors' cifar.py values for CIFAR)
+STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+         "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+         "fashion-mnist": ((0.2860,) * 3, (0.3530,) * 3),
+         "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "voc07": (IMAGENET_MEAN, IMAGENET_STD)}
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28, "imagenet": 224, "voc07": 224}
+SMALL = ("cifar10", "cifar100", "fashion-mnist")  # the 28-32 px datasets of the CIFAR ResNets
+OPEN = {"cifar10": CIFAR10Instance.open, "cifar100": CIFAR100Instance.open, "fashion-mnist": FashionMNISTInstance.open}
+DATASETS = (*SMALL, "imagenet", "voc07")
+
+
+def eval_transform(dataset, size=None):
+    """The test transform of the dataset's training script: the plain image (resized to `size` if
+    given) for the small datasets; Resize(256) + CenterCrop(224) for ImageNet; Resize(256) then
+    224 x 224, aspect ratio not kept, for VOC07 (as mmselfsup extracts VOC07 features)."""
+    mean, std = STATS[dataset]
+    tail = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    if dataset == "imagenet":
+        return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *tail])
+    if dataset == "voc07":
+        return transforms.Compose([transforms.Resize(256), transforms.Resize((224, 224)), *tail])
+    resize = [transforms.Resize(size)] if size and size != NATIVE_SIZE[dataset] else []
+    return transforms.Compose([*resize, *tail])
+
+
+def open_split(dataset, data, train, transform=None, download=False, subset=0, seed=0):
+    """The training (`train`) or test split of `dataset` under `data` (for imagenet: DATA with train/
+    and val/; voc07: VOCdevkit/VOC2007, trainval and test), optionally a fixed random subset."""
+    if dataset == "imagenet":
+        ds = ImageFolderInstance.open_split(data, "train" if train else "val", transform)
+    elif dataset == "voc07":
+        ds = VOC2007Instance(data, "trainval" if train else "test", transform)
+    elif dataset in OPEN:
+        ds = OPEN[dataset](data, train=train, transform=transform, download=download)
+    else:
+        raise UserError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+    return InstanceSubset.random_subset(ds, subset, seed=seed)
