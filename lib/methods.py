@@ -80,17 +80,10 @@ class NPID(nn.Module):
 
 
 def kmeans(x, k, iters):
-    """Batch k-means as CLD:spectral_clustering.py `KMeans` (lines 62-92, commit 662602b):
-    - initial centroids: the first k rows of the batch (line 70, `c = x[:K, :].clone()`), so fewer
-      than k if the batch is smaller (the first assignment then chooses among those);
-    - `iters` rounds (line 74) of: assign each row to the nearest centroid by squared Euclidean
-      distance (lines 77-78, `((x_i - c_j) ** 2).sum(-1)`, `argmin`: ties go to the lowest index),
-      then centroid = mean of its rows (lines 89-90);
-    - an empty cluster has its count set to 1 (lines 86-88, `torch.ones([K])`), so its centroid is
-      the zero vector (line 89 scatters the sums into zeros);
-    - the centroids are not re-normalised, and gradients flow through the last round's means into x
-      (line 89 `scatter_add_(0, Ncl, x)` sums the features themselves); the labels carry none.
-    Returns the last labels (B) and the centroids computed from them (k x D)."""
+    """Batch k-means as CLD:spectral_clustering.py `KMeans` (lines 62-92; details in docs/methods.md):
+    the first k rows as initial centroids, `iters` rounds of nearest centroid (squared Euclidean, ties
+    to the lowest index) then means; an empty cluster's centroid is zero; gradients flow through the
+    last means into x, not through the labels. Returns the labels (B) and the centroids (k x D)."""
     c = x[:k]
     for _ in range(iters):
         with torch.no_grad():
