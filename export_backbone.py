@@ -6,7 +6,7 @@
 For detectron2: python detectron2/tools/convert-torchvision-to-d2.py OUT.pth OUT.pkl (see README)."""
 import os
 
-from lib import checkpoint as ckpt
+from lib import checkpoint
 from lib import features, options
 from lib.errors import UserError, exit_on_error
 
@@ -22,7 +22,7 @@ def export(src, out, arch=None, width=None, force=False):
     model, info = features.load_backbone(src, arch, width)
     # the 128-d NPID projection is not part of a torchvision backbone (its fc is the 1000 classes)
     sd = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    ckpt.save_atomic(sd, out)
+    checkpoint.save_atomic(sd, out)
     return info, sd
 
 

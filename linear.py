@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from datasets import InstanceSubset, num_classes, registry
-from lib import checkpoint as ckpt
+from lib import checkpoint
 from lib import dist as du
 from lib import amp, data, features, knn, options, report, runs
 from lib.errors import UserError, brief, exit_on_error
@@ -279,7 +279,7 @@ def read_head(args, path, run_id):
     run, or one that is not a whole head checkpoint, is one UserError line."""
     if args.no_auto_resume or not os.path.isfile(path):
         return None
-    ck = ckpt.read(path, "linear head checkpoint")
+    ck = checkpoint.read(path, "linear head checkpoint")
     fields = {"args": dict, "head": dict, "optimizer": dict, "result": dict, "epoch": int}
     if not isinstance(ck, dict) or any(not isinstance(ck.get(k), t) for k, t in fields.items()) \
             or "head_lr" not in ck["args"]:
@@ -330,7 +330,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
         res = evaluate(head, val_b, num_classes, sharded)
         print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
         if du.is_main_process():
-            ckpt.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
+            checkpoint.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
                               "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()}}, path)
             writer.add_scalar(f"{tag}/loss", loss, epoch)
             for n, (a, b) in res.items():
@@ -350,7 +350,7 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
                 pool=pool or "", amp=args.amp, version=2)  # 2: val labelled by train's class names
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
-    c = ckpt.read(path, "feature cache") if os.path.isfile(path) else {}
+    c = checkpoint.read(path, "feature cache") if os.path.isfile(path) else {}
     whole = isinstance(c, dict) and c.get("meta") == meta and isinstance(c.get("feats"), dict) \
         and torch.is_tensor(c.get("labels")) and len(c["labels"]) == len(dataset) \
         and sorted(c["feats"]) == sorted(layers) and all(len(v) == len(dataset) for v in c["feats"].values())
@@ -364,7 +364,7 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
     print(f"=> extracting {split} features ({len(dataset)} images, {', '.join(layers)})", flush=True)
     feats, labels, _ = features.extract_features(backbone, loader, args.device, tuple(layers), pool, autocast)
     if du.is_main_process():
-        ckpt.save_atomic({"meta": meta, "feats": feats, "labels": labels}, path)
+        checkpoint.save_atomic({"meta": meta, "feats": feats, "labels": labels}, path)
     return feats, labels
 
 
@@ -425,7 +425,7 @@ def _run(args):
     autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
     writer = None
     if du.is_main_process():
-        ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+        checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from lib import checkpoint as ckpt
+from lib import checkpoint
 from lib import data, engine, knn, runs
 from lib.errors import UserError, exit_on_error
 
@@ -73,7 +73,7 @@ def train(args):
     print(f"supervised: top1={acc:.2f} (the classifier on {len(val_loader.dataset)} test images)")
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     # this repo's checkpoint layout, without a memory bank: features.load_backbone reads it
-    ckpt.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
+    checkpoint.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
                       "head": head.state_dict(), "args": runs.plain_args(args), "supervised": True}, path)
     print(f"supervised: checkpoint '{path}'")
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torchvision
 
 from . import amp
-from . import checkpoint as ckpt
+from . import checkpoint
 from . import dist as du
 from . import export
 from . import knn
@@ -215,7 +215,7 @@ def _run(args, make_task):
 
     writer = None
     if du.is_main_process():
-        ckpt.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the first step, not at its end
+        checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the first step, not at its end
         writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
     baselines = {}
     if args.baselines and start_epoch == 0:  # the same network before any step, and raw pixels

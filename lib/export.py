@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
+from . import checkpoint
 from . import dist as du
 from . import features
 from . import report
@@ -40,7 +40,7 @@ def run(args, model, train_feats, task, val_loader, device, autocast, source):
             p = _paths(ds)
             if p is not None:
                 out[f"{split}_paths"] = p
-        ckpt.save_atomic(out, args.export_features)
+        checkpoint.save_atomic(out, args.export_features)
         npz = os.path.splitext(args.export_features)[0] + ".npz"
         np.savez(npz, **{k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()})
         print(f" * features: train {tuple(out['train_features'].shape)} ({source}), val {tuple(val.shape)} -> "

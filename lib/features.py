@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from . import checkpoint as ckpt
+from . import checkpoint
 from . import dist as du
 from .amp import autocast_or_nothing
 from .errors import UserError
@@ -120,13 +120,13 @@ def infer_arch(sd):
 
 def _read(path):
     """-> (state_dict, ckpt dict or None); plain torchvision ResNet state dicts are accepted too."""
-    obj, legacy = ckpt.load_object(path, prefix="")
+    obj, legacy = checkpoint.load_object(path, prefix="")
     if not legacy and isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
         if "conv1.weight" not in sd:
             raise UserError(f"'{path}' is a state dict but not of a ResNet (no conv1.weight)")
         return sd, None
-    ck = ckpt.as_npid(obj, path, legacy, prefix="")
+    ck = checkpoint.as_npid(obj, path, legacy, prefix="")
     if "conv1.weight" not in ck["state_dict"]:
         raise UserError(f"'{path}' does not hold a ResNet backbone (no conv1.weight)")
     return ck["state_dict"], ck
@@ -156,7 +156,7 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
                 key=lambda k: (k.count("."), k.split(".")[1].zfill(4)))
     low_dim = sd[fc[-1]].shape[0] if fc else 128  # the out dim of the last Linear of the head
     model = models.__dict__[arch](low_dim=low_dim, head=head, **({"width": width} if cifar else {}))
-    what = ckpt.misfit(model.state_dict(), sd, may_miss=("fc.",) if ck is None else ())  # torchvision: maybe no fc
+    what = checkpoint.misfit(model.state_dict(), sd, may_miss=("fc.",) if ck is None else ())  # torchvision: maybe no fc
     if what:
         raise UserError(f"'{ckpt_path}' does not fit {arch}" + (f" width {width}" if cifar else "") + f" ({what})")
     model.load_state_dict(sd, strict=False)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
+from . import checkpoint
 from . import knn
 from .amp import autocast_or_nothing
 
@@ -15,7 +15,7 @@ def denormalize(x, mean, std):
 def tensorboard(log_dir):
     """The run's TensorBoard writer, its folder checked writable first (one line if it is not)."""
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(ckpt.check_writable_dir(log_dir, "--log-dir"))
+    return SummaryWriter(checkpoint.check_writable_dir(log_dir, "--log-dir"))
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import subprocess
 
 import torch
 
-from . import checkpoint as ckpt
+from . import checkpoint
 from .errors import UserError, brief
 
 
@@ -44,9 +44,9 @@ def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=Fal
     if head:  # a method's own parameters beside the model (CLD's group head); absent for NPID
         state["method_head"] = head
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-    ckpt.save_atomic(state, path)
+    checkpoint.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
-        ckpt.copy_atomic(path, os.path.join(args.checkpoint_dir, "model_best.pth"))
+        checkpoint.copy_atomic(path, os.path.join(args.checkpoint_dir, "model_best.pth"))
     return path
 
 
@@ -54,7 +54,7 @@ def load_model_weights(model, ck, args, path):
     if ck.get("arch") and ck["arch"] != args.arch:
         raise UserError(f"--resume: '{path}' holds a {ck['arch']} but --arch is {args.arch}")
     sd = ck["state_dict"]
-    what = ckpt.misfit(model.state_dict(), sd)
+    what = checkpoint.misfit(model.state_dict(), sd)
     if what:
         saved = ck.get("args") if isinstance(ck.get("args"), dict) else {}
         hint = ""
@@ -161,7 +161,7 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None):
         else:
             print(f"=> auto-resuming from '{latest}'")
         path, auto = latest, not args.evaluate
-    ck = ckpt.load(path)
+    ck = checkpoint.load(path)
     load_model_weights(model, ck, args, path)
     mem = bank_from_checkpoint(ck, path, n)
     if args.evaluate:
