@@ -5,6 +5,7 @@ import os
 from torchvision import transforms
 
 import models
+from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset  # noqa: F401 (its names)
 from datasets import num_classes, registry
 from lib import engine, options
 from lib.gpu_aug import GPUAugment

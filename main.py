@@ -34,7 +34,9 @@ def task(args):
         transforms.Normalize(MEAN, STD)])
     if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
         train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
-    test_tf = registry.eval_transform("imagenet")
+    # the authors' test transform, as their main.py writes it (= registry.eval_transform("imagenet"), tested)
+    test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                  transforms.Normalize(MEAN, STD)])
     if args.cld:  # two views of each image (the list already has the flip)
         train_tf = TwoViews(train_tf)
     # val's labels are train's indices of the same folder names (not val's own sorted order)

@@ -36,3 +36,20 @@ def test_test_py_keeps_its_names():
                  "NN", "BANK_CHUNK_BYTES", "_world", "_shard_loader"):
         assert hasattr(entry, name), name
     assert entry.knn_eval is knn.knn_eval
+
+
+def test_main_py_test_transform_is_the_registrys():
+    import main
+    from datasets import registry
+    seen = []
+    orig = main.registry.open_split
+    main.registry.open_split = lambda dataset, data, train, tf, *a, **k: seen.append(tf) or orig(dataset, data, train, tf)
+    try:
+        import conftest
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            main.task(main.get_args([conftest.write_imagefolder(d)]))
+    finally:
+        main.registry.open_split = orig
+    same = lambda tf: repr(tf).replace("[", "(").replace("]", ")")  # main.py's statistics are lists
+    assert same(seen[-1]) == same(registry.eval_transform("imagenet"))  # train_eval: the val transform
