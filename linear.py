@@ -5,7 +5,6 @@ python linear.py --dataset cifar10 --data DIR --pretrained CKPT [--head multi] [
 
 --head avgpool: MoCo main_lincls / mmselfsup resnet50_linear (Linear on the 2048-d pooled feature);
 --head multi: mmselfsup resnet50_mhead_linear (feat1..feat5, each pooled -> per-channel BN -> Linear)."""
-import argparse
 import hashlib
 import json
 import math
@@ -29,11 +28,7 @@ PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60
 
 def get_args(argv=None):
     p = options.bare(__doc__)
-    p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
-    p.add_argument("--dataset", default=None, choices=["imagenet", *registry.SMALL],
-                   help="default: imagenet with DATA, cifar10 with --data")
-    p.add_argument("--data", default=None, help="dataset root of cifar10/cifar100/fashion-mnist")
-    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction)
+    options.add_data(p, registry.SMALL)
     p.add_argument("--pretrained", required=True, metavar="CKPT", help="NPID checkpoint or torchvision ResNet state dict")
     p.add_argument("-a", "--arch", default=None, help="only for files that do not name it")
     p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width, only for files that do not name it")
@@ -54,19 +49,10 @@ def get_args(argv=None):
     g.add_argument("--cached", action="store_true", help="train on features of the un-augmented images, "
                    "extracted once (the CPU-practical variant; the published figures used augmentation)")
     g.add_argument("--cache-dir", default=None, help="default: CHECKPOINT_DIR/cache")
-    g = p.add_argument_group("run")
-    g.add_argument("-j", "--workers", default=4, type=int)
-    g.add_argument("-p", "--print-freq", default=50, type=int)
-    g.add_argument("--checkpoint-dir", default=None, help="the head's checkpoints (auto-resume of the same run "
-                   "only); default: checkpoints/linear/DATASET-HEAD-SHA, one folder per pretrained file")
-    g.add_argument("--no-auto-resume", action="store_true")
-    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone")
+    options.add_run(p, "the head's checkpoints (auto-resume of the same run only); default: "
+                    "checkpoints/linear/DATASET-HEAD-SHA, one folder per pretrained file")
     options.add_distributed(p)
-    args = options.parse(p, argv)
-    args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
+    args = options.data_from_args(options.parse(p, argv))
     for k, v in PROTOCOLS[args.head].items():  # what the user did not set comes from the recipe
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -74,9 +60,7 @@ def get_args(argv=None):
 
 
 def check_args(args):
-    if args.dataset == "imagenet" and not args.root:
-        p = "give DATA (ImageNet layout)" if not args.data else "for --data give --dataset cifar10|cifar100|fashion-mnist"
-        raise UserError(f"linear.py: {p}")
+    options.check_data(args, "linear.py")
     if not (args.epochs >= 1 and args.batch_size >= 1 and 0 < args.lr < math.inf and 0 <= args.weight_decay < math.inf
             and 0 <= args.momentum < 1):
         raise UserError(f"--epochs and -b must be >= 1, --lr > 0, --wd >= 0 (both finite) and --momentum in [0, 1) "
@@ -119,28 +103,15 @@ class Lighting:
 
 def datasets_for(args):
     """(train with the augmentation, the same images with the val transform, val, num classes)."""
-    size = registry.NATIVE_SIZE[args.dataset]
-    if args.dataset == "imagenet":
-        aug = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-        if args.head == "multi":  # mmselfsup's mhead recipe adds colour jitter and PCA lighting
-            aug[2:] = [transforms.ColorJitter(0.4, 0.4, 0.4), transforms.ToTensor(), Lighting()]
-    else:  # native size: RandomResizedCrop + flip for training, the plain image for evaluation
-        aug = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-    train_tf = transforms.Compose(aug + [transforms.Normalize(*registry.STATS[args.dataset])])
+    extra = {}
+    if args.dataset == "imagenet" and args.head == "multi":  # mmselfsup's mhead recipe adds colour jitter and PCA lighting
+        extra = dict(before_tensor=[transforms.ColorJitter(0.4, 0.4, 0.4)], after_tensor=[Lighting()])
+    train_tf = registry.supervised_transform(args.dataset, **extra)
     val_tf = registry.eval_transform(args.dataset)
     open_ = lambda train, tf, n: registry.open_split(args.dataset, args.root or args.data, train, tf, args.download, n)
     train, train_eval = open_(True, train_tf, args.train_subset), open_(True, val_tf, args.train_subset)
     val = open_(False, val_tf, args.test_subset)
     return train, train_eval, val, num_classes(train_eval)
-
-
-def holdout_split(n, frac, seed):
-    """(fit indices, held-out indices): a fixed random split of the training set."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    k = max(1, int(round(n * frac)))
-    if k >= n:
-        raise UserError(f"--holdout {frac} of {n} training images leaves none to fit the heads of --lr-grid on")
-    return sorted(perm[k:]), sorted(perm[:k])
 
 
 # --- the head -----------------------------------------------------------------------------
@@ -277,19 +248,12 @@ def head_file(args, tag, lr, num_classes):
 def read_head(args, path, run_id):
     """The head checkpoint at `path` if this run continues it (None: start afresh); a file of another
     run, or one that is not a whole head checkpoint, is one UserError line."""
-    if args.no_auto_resume or not os.path.isfile(path):
-        return None
-    ck = checkpoint.read(path, "linear head checkpoint")
-    fields = {"args": dict, "head": dict, "optimizer": dict, "result": dict, "epoch": int}
-    if not isinstance(ck, dict) or any(not isinstance(ck.get(k), t) for k, t in fields.items()) \
-            or "head_lr" not in ck["args"]:
-        raise UserError(f"'{path}' is not a head checkpoint of this linear.py; use another --checkpoint-dir, "
-                        "or --no-auto-resume to start afresh there (it will be overwritten)")
-    runs.check_same_run(args, ck, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                          new=run_id, labels=LABELS)
-    if not 1 <= ck["epoch"] <= args.epochs or not ck["result"]:
-        raise UserError(f"'{path}' says epoch {ck['epoch']} of {args.epochs} with results {ck['result']}: not a "
-                        "checkpoint this linear.py wrote; use --no-auto-resume to start afresh there")
+    ck = runs.read_continued(args, path, run_id, "linear head checkpoint",
+                             {"head": dict, "optimizer": dict, "result": dict, "epoch": int}, "head_lr", "linear.py",
+                             RUNTIME_KEYS, ANY_RESUME_KEYS, LABELS)
+    if ck is not None and not ck["result"]:
+        raise UserError(f"'{path}' says epoch {ck['epoch']} with no results: not a checkpoint this linear.py wrote; "
+                        "use --no-auto-resume to start afresh there")
     return ck
 
 
@@ -370,20 +334,10 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
 
 # --- the run --------------------------------------------------------------------------------
 
-def loader_for(ds, args, train):
-    W, R = args.world_size, args.rank
-    common = dict(batch_size=max(1, args.batch_size // W), num_workers=args.workers,
-                  pin_memory=args.device.startswith("cuda"), persistent_workers=args.workers > 0)
-    if train:  # each image's crop drawn from (seed, epoch, index), as in training: resumes see the same
-        sampler = data.SeededSampler(torch.utils.data.DistributedSampler(ds, W, R, shuffle=True, seed=args.seed))
-        return torch.utils.data.DataLoader(data.SeededDataset(ds, args.seed), sampler=sampler, **common)
-    return features.shard_loader(torch.utils.data.DataLoader(ds, **common))
-
-
 def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
     """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
     training set (eval on the un-augmented images), 'final' = whole training set / test set."""
-    fit_idx, held_idx = holdout_split(len(train), args.holdout, args.seed)
+    fit_idx, held_idx = data.holdout_split(len(train), args.holdout, args.seed)
     if args.cached:
         train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast)
         val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast)
@@ -394,7 +348,7 @@ def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast
                  "final": lambda: (batches(train_feats, train_labels, all_train, True),
                                    batches(val_feats, val_labels, all_val, False))}
     else:
-        batches = lambda ds, tr: LoaderBatches(backbone, loader_for(ds, args, tr), layers, pool, args.device, autocast)
+        batches = lambda ds, tr: LoaderBatches(backbone, data.loader_for(ds, args, tr), layers, pool, args.device, autocast)
         parts = {"grid": lambda: (batches(InstanceSubset(train, fit_idx), True),
                                   batches(InstanceSubset(train_eval, held_idx), False)),
                  "final": lambda: (batches(train, True), batches(val, False))}

@@ -1,6 +1,8 @@
 """The one dataset registry: every dataset the repo reads, with its statistics, native size, opener
 and evaluation transform. Training (cifar.py, main.py), linear.py, svm.py, export and later scripts
 open their data here; ImageNet-layout val/ folders take train's labels by class name (folder.py)."""
+import os
+
 from torchvision import transforms
 
 from lib.errors import UserError
@@ -34,6 +36,25 @@ def eval_transform(dataset, size=None):
         return transforms.Compose([transforms.Resize(256), transforms.Resize((224, 224)), *tail])
     resize = [transforms.Resize(size)] if size and size != NATIVE_SIZE[dataset] else []
     return transforms.Compose([*resize, *tail])
+
+
+def supervised_transform(dataset, before_tensor=(), after_tensor=()):
+    """The supervised training augmentation of the evaluation protocols (MoCo main_lincls, mmselfsup's
+    linear and semi-supervised configs): RandomResizedCrop at the native size and a horizontal flip;
+    a protocol may add transforms before and after ToTensor."""
+    crop = [transforms.RandomResizedCrop(NATIVE_SIZE[dataset]), transforms.RandomHorizontalFlip()]
+    return transforms.Compose([*crop, *before_tensor, transforms.ToTensor(), *after_tensor,
+                               transforms.Normalize(*STATS[dataset])])
+
+
+def image_names(ds):
+    """One name per training image, by dataset index: CLASS/FILE for an image folder (subset files
+    may name the FILE alone, as SimCLR's imagenet_subsets lists do), the index for the datasets stored
+    as arrays (CIFAR, Fashion-MNIST)."""
+    samples = getattr(ds, "samples", None)
+    if samples is not None:
+        return [os.path.relpath(path, ds.root).replace(os.sep, "/") for path, _ in samples]
+    return [str(i) for i in range(len(ds))]
 
 
 def open_split(dataset, data, train, transform=None, download=False, subset=0, seed=0):

@@ -1,5 +1,8 @@
+import collections
+
 import torch
 
+from lib.checkpoint import write_text_atomic
 from lib.errors import UserError
 
 
@@ -33,3 +36,100 @@ class InstanceSubset(torch.utils.data.Dataset):
         return cls(dataset, torch.randperm(len(dataset), generator=g)[:n].sort().values.tolist())
 
     first_per_seed = random_subset  # the earlier name
+
+
+# --- the labelled subset of semi-supervised learning (finetune.py) ---------------------------
+
+def parse_labels(spec):
+    """'1%' -> ('fraction', 0.01), '60/class' -> ('per_class', 60); anything else a UserError."""
+    s = str(spec).strip()
+    try:
+        if s.endswith("%"):
+            v = float(s[:-1])
+            if 0 < v <= 100:
+                return "fraction", v / 100
+        elif s.endswith("/class"):
+            v = int(s[:-len("/class")])
+            if v >= 1:
+                return "per_class", v
+    except ValueError:
+        pass
+    raise UserError(f"--labels takes a percentage in (0, 100] ('1%', '10%') or a count per class ('60/class'), "
+                    f"got '{spec}'")
+
+
+def draw_per_class(targets, spec, seed, class_names=None):
+    """The labelled subset: sorted dataset indices drawn class by class with a fixed seed. A
+    fraction keeps each class's share (round(f * n_c), at least one): stratified, so equal-sized
+    classes get equal counts; 'N/class' takes N of every class. Rank-independent: a pure function of
+    the labels and the seed."""
+    kind, v = parse_labels(spec)
+    targets = torch.as_tensor([int(t) for t in targets])
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(int(targets.max()) + 1):
+        idx = (targets == c).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        k = max(1, int(round(v * len(idx)))) if kind == "fraction" else v
+        if k > len(idx):
+            name = class_names[c] if class_names and c < len(class_names) else c
+            raise UserError(f"--labels {spec}: class '{name}' has only {len(idx)} training images")
+        chosen += idx[torch.randperm(len(idx), generator=g)[:k]].tolist()
+    return sorted(chosen)
+
+
+SUBSET_HEADER = "# finetune.py labelled subset:"
+
+
+def read_subset_file(path, names, dataset):
+    """Sorted dataset indices of the images a subset file names, one per line: the file names of
+    an image folder's training images (SimCLR's imagenet_subsets/1percent.txt format), or, for the
+    datasets stored as arrays, the indices under the header line finetune.py writes (which names the
+    dataset, so that a CIFAR list is not read as Fashion-MNIST's). Names not in the training set,
+    duplicates, an empty file: one UserError line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--subset-file '{path}': cannot read it ({type(e).__name__}: {e})") from None
+    header = [ln for ln in lines if ln.startswith("#")]
+    entries = [ln for ln in lines if ln and not ln.startswith("#")]
+    meta = dict(kv.split("=", 1) for ln in header if ln.startswith(SUBSET_HEADER)
+                for kv in ln[len(SUBSET_HEADER):].split() if "=" in kv)
+    arrays = names[:1] == ["0"]  # CIFAR / Fashion-MNIST: names are the indices
+    if meta.get("dataset", dataset) != dataset or (arrays and "dataset" not in meta):
+        raise UserError(f"--subset-file '{path}' is a list of {meta.get('dataset', 'file names (no dataset header)')}, "
+                        f"not of {dataset}" + (" (lists of indices carry finetune.py's header line)" if arrays else ""))
+    if "train_images" in meta and meta["train_images"] != str(len(names)):
+        raise UserError(f"--subset-file '{path}' was written for a training set of {meta['train_images']} images; "
+                        f"this one has {len(names)}")
+    if not entries:
+        raise UserError(f"--subset-file '{path}' names no images")
+    where = {n: i for i, n in enumerate(names)}
+    if not arrays:  # a bare file name too, where it is one image's (ImageNet's names are unique)
+        base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
+        where.update({n.rsplit("/", 1)[-1]: i for i, n in enumerate(names) if base[n.rsplit("/", 1)[-1]] == 1})
+        twice = [e for e in entries if e not in where and base.get(e, 0) > 1]
+        if twice:
+            raise UserError(f"--subset-file '{path}': '{twice[0]}' is the name of {base[twice[0]]} training images "
+                            f"(in different class folders), as are {len(twice) - 1} more of its names: give them as CLASS/FILE")
+    unknown = [e for e in entries if e not in where]
+    if unknown:
+        raise UserError(f"--subset-file '{path}': {len(unknown)} of its {len(entries)} names are not images of "
+                        f"this training set (first: {', '.join(unknown[:3])}); a list of another dataset?")
+    idx = [where[e] for e in entries]
+    if len(set(idx)) < len(idx):
+        raise UserError(f"--subset-file '{path}' names {len(idx) - len(set(idx))} images twice")
+    return sorted(idx)
+
+
+def write_subset_file(path, indices, names, dataset, what):
+    """The subset of a run, in the format read_subset_file reads (atomically, left as it is when
+    it already holds the same list)."""
+    if names[:1] != ["0"]:  # an image folder: bare file names where they are unique (SimCLR's format)
+        base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
+        names = [n.rsplit("/", 1)[-1] if base[n.rsplit("/", 1)[-1]] == 1 else n for n in names]
+    text = f"{SUBSET_HEADER} dataset={dataset} train_images={len(names)} {what}\n" \
+        + "".join(names[i] + "\n" for i in indices)
+    write_text_atomic(path, text, "subset file")

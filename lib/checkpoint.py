@@ -67,6 +67,15 @@ def save_atomic(obj, path):
     _write_atomic(path, lambda f: torch.save(obj, f), "checkpoint")
 
 
+def write_text_atomic(path, text, what="file"):
+    """A text file written as durably as save_atomic; left untouched when it already holds `text`."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if f.read() == text:
+                return
+    _write_atomic(path, lambda f: f.write(text.encode("utf-8")), what)
+
+
 def copy_atomic(src, dst):
     """A copy as durable as save_atomic (temp file, fsync, rename)."""
     def write(f):

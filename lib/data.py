@@ -3,6 +3,9 @@ are the same whatever -j, the number of ranks, or a resume; the loaders of a run
 import numpy as np
 import torch
 
+from .errors import UserError
+from .features import shard_loader
+
 
 class SeededSampler(torch.utils.data.Sampler):
     """Yields (index, epoch) so that SeededDataset can draw each image's augmentation from
@@ -65,3 +68,40 @@ def make_loaders(task, args):
     train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
     val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
     return train, train_eval, val
+
+
+def loader_for(ds, args, train):
+    """The loader of an evaluation protocol's training (`train`: shuffled, each image's crop drawn
+    from (seed, epoch, index) as in training, so a resume sees the same batches) or evaluation
+    (this rank's shard, in order; see features.shard_loader)."""
+    W, R = args.world_size, args.rank
+    common = dict(batch_size=max(1, args.batch_size // W), num_workers=args.workers,
+                  pin_memory=args.device.startswith("cuda"), persistent_workers=args.workers > 0)
+    if train:
+        sampler = SeededSampler(torch.utils.data.DistributedSampler(ds, W, R, shuffle=True, seed=args.seed))
+        return torch.utils.data.DataLoader(SeededDataset(ds, args.seed), sampler=sampler, **common)
+    return shard_loader(torch.utils.data.DataLoader(ds, **common))
+
+
+def holdout_split(n, frac, seed, labels=None):
+    """(fit indices, held-out indices) of n samples, a fixed random split: `frac` of them held out,
+    or with `labels`, `frac` of each class (at least one, and at least one left to fit on)."""
+    g = torch.Generator().manual_seed(seed)
+    if labels is None:
+        perm = torch.randperm(n, generator=g).tolist()
+        k = max(1, int(round(n * frac)))
+        if k >= n:
+            raise UserError(f"--holdout {frac} of {n} training images leaves none to fit on (--lr-grid)")
+        return sorted(perm[k:]), sorted(perm[:k])
+    labels = torch.as_tensor(labels)
+    fit, held = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < 2:
+            raise UserError(f"--holdout: class {c} has {len(idx)} labelled image(s); the held-out split needs "
+                            "at least 2 per class (more labels, or no grid: one --lr and one --head-lr-mult)")
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+        k = min(len(idx) - 1, max(1, int(round(len(idx) * frac))))
+        held += idx[:k]
+        fit += idx[k:]
+    return sorted(fit), sorted(held)

@@ -1,6 +1,8 @@
 """Flags shared by main.py and cifar.py, grouped by prefix; each script sets its own defaults."""
 import argparse
 
+from .errors import UserError
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
@@ -84,6 +86,45 @@ def parser(description, defaults):
 
     add_distributed(p)
     return p
+
+
+def add_data(p, small):
+    """The data flags of the evaluation scripts (linear.py, finetune.py): DATA for an ImageNet layout,
+    or --dataset (one of `small`) with --data; resolved by data_from_args."""
+    p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
+    p.add_argument("--dataset", default=None, choices=["imagenet", *small],
+                   help="default: imagenet with DATA, cifar10 with --data")
+    p.add_argument("--data", default=None, help="dataset root of " + "/".join(small))
+    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction)
+    return p
+
+
+def add_run(p, checkpoint_help, seed_help="the seed"):
+    """The run flags of the evaluation scripts (how it runs, where it writes, --seed, --amp); returns
+    the group for a script's own additions."""
+    g = p.add_argument_group("run")
+    g.add_argument("-j", "--workers", default=4, type=int)
+    g.add_argument("-p", "--print-freq", default=50, type=int)
+    g.add_argument("--checkpoint-dir", default=None, help=checkpoint_help)
+    g.add_argument("--no-auto-resume", action="store_true")
+    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
+    g.add_argument("--seed", default=0, type=int, help=seed_help)
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
+    return g
+
+
+def data_from_args(args):
+    """args.dataset from add_data's flags: imagenet with DATA, else cifar10."""
+    args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
+    return args
+
+
+def check_data(args, script):
+    """DATA is needed for imagenet: one UserError line naming `script`."""
+    if args.dataset == "imagenet" and not args.root:
+        p = "give DATA (ImageNet layout)" if not args.data else "for --data give --dataset cifar10|cifar100|fashion-mnist"
+        raise UserError(f"{script}: {p}")
 
 
 def add_distributed(p):

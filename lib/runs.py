@@ -135,6 +135,25 @@ def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RE
         print(f"=> resuming with --{k.replace('_', '-')} {b} (the checkpoint's run had {a})")
 
 
+def read_continued(args, path, run_id, what, fields, marker, script, runtime, any_resume, labels=None):
+    """An evaluation script's checkpoint at `path` if this command continues it, None to start afresh
+    (--no-auto-resume, or no file). Not a whole checkpoint of `script` (`fields`: {key: type}, `marker`
+    a key of its run identity), another run (check_same_run), or an epoch outside 1..args.epochs: one
+    UserError line."""
+    if args.no_auto_resume or not os.path.isfile(path):
+        return None
+    ck = checkpoint.read(path, what)
+    if not isinstance(ck, dict) or any(not isinstance(ck.get(k), t) for k, t in {"args": dict, **fields}.items()) \
+            or marker not in ck["args"]:
+        raise UserError(f"'{path}' is not a {what} of this {script}; use another --checkpoint-dir, "
+                        "or --no-auto-resume to start afresh there (it will be overwritten)")
+    check_same_run(args, ck, path, auto=True, runtime=runtime, any_resume=any_resume, new=run_id, labels=labels)
+    if not (isinstance(ck.get("epoch"), int) and 1 <= ck["epoch"] <= args.epochs):
+        raise UserError(f"'{path}' says epoch {ck.get('epoch')} of {args.epochs}: not a checkpoint this {script} "
+                        "wrote; use --no-auto-resume to start afresh there")
+    return ck
+
+
 def check_same_data(args, ck, path):
     """Evaluation scores the checkpoint's bank by dataset index: the training set must be its own."""
     old = ck.get("args")
