@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import models
 from datasets import InstanceSubset, num_classes, registry
+from datasets.folder import check_val_classes
 from datasets.subset import draw_per_class, parse_labels, read_subset_file, write_subset_file
 from lib import checkpoint
 from lib import dist as du
@@ -141,6 +142,8 @@ def initial_backbone(args):
     --arch (cifar.py's / main.py's init for --seed)."""
     if args.pretrained != "none":
         backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, "cpu")
+        if args.width is not None and info["width"] is not None and args.width != info["width"]:
+            raise UserError(f"'{args.pretrained}' holds a {info['arch']} of width {info['width']}, not --width {args.width}")
         features.check_fits(info, args.dataset)
         return backbone.train(), info
     small = args.dataset in registry.SMALL
@@ -229,11 +232,32 @@ def tag_of(lr, mult):
 
 
 def run_file(args, tag, setting, C):
-    """(path, run identity) of one training's checkpoint; `setting` (lr, mult), or 'grid' for the
-    final training of a grid (its setting follows from the rest of the run)."""
-    run_id = {**runs.plain_args(args), "tag": tag, "setting": list(setting) if setting != "grid" else setting,
-              "num_classes": C}
+    """(path, run identity) of one training's checkpoint; `setting` (lr, mult), or ('grid', lr, mult)
+    for the final training of a grid: the setting the grid chose (a final trained with another is
+    another run)."""
+    run_id = {**runs.plain_args(args), "tag": tag, "setting": list(setting), "num_classes": C}
     return os.path.join(args.checkpoint_dir, f"finetune-{tag}.pth"), run_id
+
+
+def check_folder(args, C):
+    """The run identity of the folder (`run.json`, written at a run's start): a folder that holds
+    another run (a grid beside a single setting, another subset, ...) is refused before anything
+    is written, even if that run stopped before its first checkpoint. Returns this run's identity."""
+    identity = {**runs.plain_args(args), "num_classes": C}
+    path = os.path.join(args.checkpoint_dir, "run.json")
+    if args.no_auto_resume or not os.path.isfile(path):
+        return identity
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"'{path}' is not a run identity file of finetune.py ({brief(e)}); use another "
+                        "--checkpoint-dir, or --no-auto-resume to start afresh there") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"'{path}' is not a run identity file of finetune.py; use another --checkpoint-dir")
+    runs.check_same_run(args, {"args": saved}, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
+                        new=identity, labels=LABELS)
+    return identity
 
 
 def read_run(args, path, run_id):
@@ -329,6 +353,8 @@ def _run(args):
     train = open_(True, registry.supervised_transform(args.dataset))
     train_eval = open_(True, registry.eval_transform(args.dataset))
     C = num_classes(train)
+    if args.dataset == "imagenet":  # val/ is opened only after the grid: its class folders are checked now
+        check_val_classes(args.root)
     idx, names, subset_tag = labelled_subset(args, train)
     args.subset_sha = hashlib.sha256(json.dumps(idx).encode()).hexdigest()
     if len(set(du.all_gather_object(args.subset_sha))) > 1:  # a pure function of the labels and seed: never
@@ -340,18 +366,23 @@ def _run(args):
     counts = torch.bincount(torch.as_tensor([int(train.targets[i]) for i in idx]), minlength=C)
     print(f"=> {info['arch']} from {info['path']} ({info['source']}); labelled subset: {len(idx)} of {len(train)} "
           f"training images, {int(counts.min())}-{int(counts.max())} per class ({subset_tag})")
+    if int(counts.min()) == 0:
+        print(f"note: {int((counts == 0).sum())} of the {C} classes have no labelled image in the subset")
     settings = [(lr, m) for lr in args.lrs for m in args.mults]
     grid = len(settings) > 1
     labelled, labelled_eval = InstanceSubset(train, idx), InstanceSubset(train_eval, idx)
     if grid:  # the held-out part of the labelled subset: the grid is chosen there, never on the test set
-        fit_pos, held_pos = data.holdout_split(len(idx), args.holdout, args.seed, labels=labelled.targets)
-    # every checkpoint this command would continue is checked before anything is written or trained
-    for lr, m in settings if grid else []:
-        read_run(args, *run_file(args, "grid-" + tag_of(lr, m), (lr, m), C))
-    read_run(args, *run_file(args, "final" if grid else "train", "grid" if grid else settings[0], C))
+        fit_pos, held_pos = data.holdout_split(len(idx), args.holdout, args.seed, labels=labelled.targets,
+                                               class_names=getattr(train, "classes", None))
+    # the folder's run, and every checkpoint this command would continue, checked before anything is written
+    identity = check_folder(args, C)
+    for lr, m in settings if grid else [settings[0]]:
+        read_run(args, *run_file(args, "grid-" + tag_of(lr, m) if grid else "train", (lr, m), C))
     writer = None
     if du.is_main_process():
         checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+        checkpoint.write_text_atomic(os.path.join(args.checkpoint_dir, "run.json"),
+                                     json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):
             write_subset_file(subset_path, idx, names, args.dataset, f"labels={args.labels or subset_tag}")
@@ -370,12 +401,12 @@ def _run(args):
               + f"; chosen lr {lr:g}, head lr multiplier {mult:g} ({len(held_pos)} held-out images)")
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
     top1, top5 = fit(args, "final" if grid else "train", lr, mult, backbone0, dim, C, labelled, val, "test",
-                     writer, autocast, setting="grid" if grid else None)
+                     writer, autocast, setting=("grid", lr, mult) if grid else None)
     if writer:
         writer.close()
     t5 = f"{top5:.2f}" if top5 is not None else "-"
     print(f"finetune: top1={top1:.2f} top5={t5} (labels={args.labels or subset_tag}, recipe={args.recipe}, "
-          f"init={init}, lr={lr:g}, head_lr_mult={mult:g}, images={len(idx)}, test={len(val)})", flush=True)
+          f"init={init}, lr={lr:.12g}, head_lr_mult={mult:.12g}, images={len(idx)}, test={len(val)})", flush=True)
     du.cleanup(barrier=True)
     return top1, top5
 

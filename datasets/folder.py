@@ -14,6 +14,27 @@ def class_folders(directory):
     return classes
 
 
+def match_classes(directory, classes, given, note=True):
+    """{class: train's index} for the class folders of a val split: one it has that train lacks is
+    an error; one it lacks is a note (scored, never the right answer)."""
+    unknown = [c for c in classes if c not in given]
+    if unknown:
+        raise UserError(f"'{directory}' has class folder '{unknown[0]}' that train/ does not have"
+                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    absent = [c for c in given if c not in classes]
+    if absent and note:
+        print(f"note: {len(absent)} of train/'s {len(given)} classes have no folder in '{directory}' "
+              f"(e.g. '{absent[0]}'); they are scored but never the right answer")
+    return {c: given[c] for c in classes}
+
+
+def check_val_classes(data):
+    """The class folders of DATA/val against DATA/train's, before any image of either is read (a
+    script that opens val/ only at its end checks it at the start with this)."""
+    train = {c: i for i, c in enumerate(class_folders(os.path.join(data, "train")))}
+    match_classes(os.path.join(data, "val"), class_folders(os.path.join(data, "val")), train, note=False)
+
+
 class ImageFolderInstance(datasets.ImageFolder):
     """ImageFolder (DATA/train/<class>/<image>) that also returns the index."""
 
@@ -28,18 +49,9 @@ class ImageFolderInstance(datasets.ImageFolder):
         """With `class_to_idx` (train's), a val folder's classes take train's indices by name: a
         val/ that lacks some of train's classes must not shift the labels of the others."""
         classes = class_folders(directory)
-        own = {c: i for i, c in enumerate(classes)}
         if self._given is None:
-            return classes, own
-        unknown = [c for c in classes if c not in self._given]
-        if unknown:
-            raise UserError(f"'{directory}' has class folder '{unknown[0]}' that train/ does not have"
-                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-        absent = [c for c in self._given if c not in own]
-        if absent:
-            print(f"note: {len(absent)} of train/'s {len(self._given)} classes have no folder in '{directory}' "
-                  f"(e.g. '{absent[0]}'); they are scored but never the right answer")
-        return classes, {c: self._given[c] for c in classes}
+            return classes, {c: i for i, c in enumerate(classes)}
+        return classes, match_classes(directory, classes, self._given)
 
     @classmethod
     def open_split(cls, data, split, transform=None):

@@ -1,4 +1,5 @@
 import collections
+import re
 
 import torch
 
@@ -43,17 +44,11 @@ class InstanceSubset(torch.utils.data.Dataset):
 def parse_labels(spec):
     """'1%' -> ('fraction', 0.01), '60/class' -> ('per_class', 60); anything else a UserError."""
     s = str(spec).strip()
-    try:
-        if s.endswith("%"):
-            v = float(s[:-1])
-            if 0 < v <= 100:
-                return "fraction", v / 100
-        elif s.endswith("/class"):
-            v = int(s[:-len("/class")])
-            if v >= 1:
-                return "per_class", v
-    except ValueError:
-        pass
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%|(\d+)/class", s)  # strict: float() would take '1 %' or '1_0'
+    if m and m.group(1) is not None and 0 < float(m.group(1)) <= 100:
+        return "fraction", float(m.group(1)) / 100
+    if m and m.group(2) is not None and int(m.group(2)) >= 1:
+        return "per_class", int(m.group(2))
     raise UserError(f"--labels takes a percentage in (0, 100] ('1%', '10%') or a count per class ('60/class'), "
                     f"got '{spec}'")
 
@@ -93,6 +88,8 @@ def read_subset_file(path, names, dataset):
             lines = [ln.strip() for ln in f]
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--subset-file '{path}': cannot read it ({type(e).__name__}: {e})") from None
+    if not any(ln and not ln.startswith("#") for ln in lines):
+        raise UserError(f"--subset-file '{path}' is empty: it names no images")
     header = [ln for ln in lines if ln.startswith("#")]
     entries = [ln for ln in lines if ln and not ln.startswith("#")]
     meta = dict(kv.split("=", 1) for ln in header if ln.startswith(SUBSET_HEADER)
@@ -104,8 +101,12 @@ def read_subset_file(path, names, dataset):
     if "train_images" in meta and meta["train_images"] != str(len(names)):
         raise UserError(f"--subset-file '{path}' was written for a training set of {meta['train_images']} images; "
                         f"this one has {len(names)}")
-    if not entries:
-        raise UserError(f"--subset-file '{path}' names no images")
+    if "images" in meta:  # finetune.py's own files: a truncated copy is not another subset
+        with open(path, "rb") as f:
+            whole = f.read().endswith(b"\n")
+        if meta["images"] != str(len(entries)) or not whole:
+            raise UserError(f"--subset-file '{path}' is truncated: its header says {meta['images']} images, it "
+                            f"holds {len(entries)}" + ("" if whole else " and its last line is cut off"))
     where = {n: i for i, n in enumerate(names)}
     if not arrays:  # a bare file name too, where it is one image's (ImageNet's names are unique)
         base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
@@ -117,7 +118,7 @@ def read_subset_file(path, names, dataset):
     unknown = [e for e in entries if e not in where]
     if unknown:
         raise UserError(f"--subset-file '{path}': {len(unknown)} of its {len(entries)} names are not images of "
-                        f"this training set (first: {', '.join(unknown[:3])}); a list of another dataset?")
+                        f"this training set (first: {', '.join(map(ascii, unknown[:3]))}); a list of another dataset?")
     idx = [where[e] for e in entries]
     if len(set(idx)) < len(idx):
         raise UserError(f"--subset-file '{path}' names {len(idx) - len(set(idx))} images twice")
@@ -130,6 +131,6 @@ def write_subset_file(path, indices, names, dataset, what):
     if names[:1] != ["0"]:  # an image folder: bare file names where they are unique (SimCLR's format)
         base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
         names = [n.rsplit("/", 1)[-1] if base[n.rsplit("/", 1)[-1]] == 1 else n for n in names]
-    text = f"{SUBSET_HEADER} dataset={dataset} train_images={len(names)} {what}\n" \
+    text = f"{SUBSET_HEADER} dataset={dataset} train_images={len(names)} images={len(indices)} {what}\n" \
         + "".join(names[i] + "\n" for i in indices)
     write_text_atomic(path, text, "subset file")

@@ -83,7 +83,7 @@ def loader_for(ds, args, train):
     return shard_loader(torch.utils.data.DataLoader(ds, **common))
 
 
-def holdout_split(n, frac, seed, labels=None):
+def holdout_split(n, frac, seed, labels=None, class_names=None):
     """(fit indices, held-out indices) of n samples, a fixed random split: `frac` of them held out,
     or with `labels`, `frac` of each class (at least one, and at least one left to fit on)."""
     g = torch.Generator().manual_seed(seed)
@@ -98,7 +98,8 @@ def holdout_split(n, frac, seed, labels=None):
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
         if len(idx) < 2:
-            raise UserError(f"--holdout: class {c} has {len(idx)} labelled image(s); the held-out split needs "
+            name = class_names[c] if class_names and c < len(class_names) else c
+            raise UserError(f"--holdout: class '{name}' has {len(idx)} labelled image(s); the held-out split needs "
                             "at least 2 per class (more labels, or no grid: one --lr and one --head-lr-mult)")
         idx = idx[torch.randperm(len(idx), generator=g)].tolist()
         k = min(len(idx) - 1, max(1, int(round(len(idx) * frac))))

@@ -52,6 +52,7 @@ for frac in $FRACTIONS; do
         one "$init-$frac-s$seed" --pretrained "${INIT[$init]}" "${ARCH[@]}" --labels "$frac%" --subset-seed "$seed" \
           "${SCHED[@]}" --lr "$LRS" --head-lr-mult "$MULTS"
         CHOSEN[$init-$frac]=$(sed -n 's/^finetune:.* lr=\([^,]*\), head_lr_mult=\([^,]*\),.*/--lr \1 --head-lr-mult \2/p' "$OUT/logs/$init-$frac-s$seed.txt")
+        [ -n "${CHOSEN[$init-$frac]}" ] || { echo "error: no chosen setting in $OUT/logs/$init-$frac-s$seed.txt" >&2; exit 1; }
       else
         # shellcheck disable=SC2086  # the chosen "--lr X --head-lr-mult Y"
         one "$init-$frac-s$seed" --pretrained "${INIT[$init]}" "${ARCH[@]}" --labels "$frac%" --subset-seed "$seed" \

@@ -46,7 +46,7 @@ def test_draw_is_stratified_seeded_and_varies_with_the_seed():
     assert len(draw_per_class(targets, "0.1%", seed=0)) == 11  # at least one per class
 
 
-@pytest.mark.parametrize("spec", ["0%", "-1%", "100.5%", "abc", "0/class", "x/class", "10"])
+@pytest.mark.parametrize("spec", ["0%", "-1%", "100.5%", "abc", "0/class", "x/class", "10", "1 %", "1_0%", "1e1%"])
 def test_bad_labels_are_one_line(spec):
     with pytest.raises(UserError, match="--labels takes a percentage"):
         draw_per_class([0, 1], spec, 0)
@@ -63,7 +63,7 @@ def test_holdout_split_is_per_class_and_disjoint():
     assert sorted(fit + held) == list(range(40)) and not set(fit) & set(held)
     assert collections.Counter(labels[i] for i in held) == {c: 2 for c in range(4)}
     assert data.holdout_split(len(labels), 0.2, 0, labels=labels) == (fit, held)
-    with pytest.raises(UserError, match="class 1 has 1 labelled"):
+    with pytest.raises(UserError, match="class '1' has 1 labelled"):
         data.holdout_split(3, 0.5, 0, labels=[0, 0, 1])
 
 
@@ -78,9 +78,9 @@ def test_subset_files_round_trip_and_are_validated(tmp_path):
     simclr.write_text("n02_1.JPEG\nn01_2.JPEG\n")
     assert read_subset_file(str(simclr), names, "imagenet") == [1, 2]
     bad = {"unknown": ("n01_1.JPEG\nzz_1.JPEG\nzz_2.JPEG\n", "2 of its 3 names are not images of this training set "
-                       r"\(first: zz_1.JPEG, zz_2.JPEG\)"),
+                       r"\(first: 'zz_1.JPEG', 'zz_2.JPEG'\)"),
            "twice": ("n01_1.JPEG\na/n01_1.JPEG\n", "names 1 images twice"),
-           "empty": ("# nothing\n\n", "names no images"),
+           "empty": ("# nothing\n\n", "is empty"),
            "ambiguous": ("same.JPEG\n", "'same.JPEG' is the name of 2 training images"),
            "other": ("# finetune.py labelled subset: dataset=cifar10 train_images=5\n0\n", "a list of cifar10, not of imagenet")}
     for name, (text, msg) in bad.items():
@@ -96,6 +96,13 @@ def test_subset_files_round_trip_and_are_validated(tmp_path):
         read_subset_file(str(idx), arrays, "fashion-mnist")
     with pytest.raises(UserError, match="training set of 10 images; this one has 12"):
         read_subset_file(str(idx), [str(i) for i in range(12)], "cifar10")
+    text = idx.read_text()
+    assert text.splitlines()[0].endswith("train_images=10 images=2 labels=20%")
+    for cut, msg in [(text[:-2], "last line is cut off"), ("\n".join(text.splitlines()[:-1]) + "\n", "holds 1")]:
+        (tmp_path / "cut.txt").write_text(cut)  # '5\n' -> '' and a lost line: both 'truncated', never another subset
+        with pytest.raises(UserError, match="is truncated: its header says 2 images"):
+            read_subset_file(str(tmp_path / "cut.txt"), arrays, "cifar10")
+    assert oct(os.stat(idx).st_mode & 0o777) != oct(0o600)  # made by the umask, shareable
     (tmp_path / "bare.txt").write_text("1\n5\n")
     with pytest.raises(UserError, match="lists of indices carry finetune.py's header"):
         read_subset_file(str(tmp_path / "bare.txt"), arrays, "cifar10")
@@ -270,3 +277,52 @@ def test_torchrun_ranks_share_the_subset(cifar_dir, tmp_path):
     single = draw_per_class(registry.open_split("cifar10", cifar_dir, True).targets, "20%", 0)
     lines = (tmp_path / "ddp" / "subset.txt").read_text().splitlines()[1:]
     assert [int(x) for x in lines] == single
+
+
+def test_a_folder_of_another_run_is_refused_before_anything_is_written(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "f"
+    grid = ["--data", cifar_dir, "--pretrained", tiny_ckpt, *FAST, "--lr", "0.05,0.01", "--head-lr-mult", "1"]
+    code, _, err = ft(capsys, *grid, "--labels", "20%", "--checkpoint-dir", out)
+    assert code == 0, err
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # a single setting, another subset: no checkpoint of its own there yet, but the folder is another run's
+    code, _, err = ft(capsys, "--data", cifar_dir, "--pretrained", tiny_ckpt, *FAST, "--lr", "0.05", "--head-lr-mult",
+                      "1", "--labels", "30%", "--checkpoint-dir", out)
+    assert code == 2 and "run.json' is another run" in err and "--labels 20% -> 30%" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files  # nothing written
+
+
+def test_the_final_of_a_grid_is_the_chosen_settings(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "g"
+    argv = ["--data", cifar_dir, "--pretrained", tiny_ckpt, *FAST, "--lr", "0.05,0.01", "--head-lr-mult", "1",
+            "--labels", "20%", "--checkpoint-dir", out]
+    code, text, err = ft(capsys, *argv)
+    assert code == 0, err
+    chosen = float(text.split("chosen lr ")[1].split(",")[0])
+    final = torch.load(out / "finetune-final.pth", weights_only=True)
+    assert final["args"]["setting"] == ["grid", chosen, 1.0]
+    assert [g["base_lr"] for g in final["optimizer"]["param_groups"]] == [chosen, chosen]
+    # the other grid entry now looks better (a retrained grid entry, another world size): the saved final
+    # was trained with another setting, so it is not reported as this one
+    other = [p for p in out.glob("finetune-grid-*.pth") if f"lr{chosen:g}-" not in p.name][0]
+    ck = torch.load(other, weights_only=True)
+    ck["result"] = [100.0, 100.0]
+    torch.save(ck, other)
+    code, _, err = ft(capsys, *argv)
+    assert code == 2 and "finetune-final.pth' is another run" in err and "the setting" in err, err
+
+
+def test_val_classes_are_checked_before_the_grid(imagenet_dir, tmp_path, capsys):
+    import shutil
+    data = tmp_path / "inet"
+    shutil.copytree(imagenet_dir, data)
+    shutil.copytree(data / "val" / "class0", data / "val" / "extra")
+    code, out, err = ft(capsys, data, "--pretrained", "none", "--arch", "resnet18", "--labels", "100%", "-j", "0",
+                        "--lr", "0.1,0.01", "--checkpoint-dir", tmp_path / "run")
+    assert code == 2 and "has class folder 'extra' that train/ does not have" in err and "grid-" not in out
+
+
+def test_width_of_another_file_is_refused(tiny_ckpt, cifar_dir, tmp_path, capsys):
+    code, _, err = ft(capsys, "--data", cifar_dir, "--pretrained", tiny_ckpt, "--width", "16", "--labels", "1%",
+                      "--checkpoint-dir", tmp_path)
+    assert code == 2 and "of width 8, not --width 16" in err
