@@ -267,25 +267,21 @@ def read_run(args, path, run_id):
                                RUNTIME_KEYS, ANY_RESUME_KEYS, LABELS)
 
 
-def fit(args, tag, lr, mult, backbone0, dim, C, train_ds, eval_ds, what, writer, autocast, setting=None):
-    """Fine-tune a copy of the initial network on train_ds for args.epochs, resumable; returns
-    (top-1, top-5) on eval_ds after the last epoch (`what` names it: held-out or test)."""
+def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, writer, autocast):
+    """Fine-tune a copy of the initial network on train_ds for args.epochs with `setting` ((lr, mult),
+    or ('grid', lr, mult): see run_file), resumable; returns (top-1, top-5) on eval_ds after the last
+    epoch (`what` names it: held-out or test)."""
+    lr, mult = setting[-2:]
     torch.manual_seed(args.seed)  # the same classifier init for every setting of a grid
     model = FineTuner(copy.deepcopy(backbone0), dim, C).to(args.device)
     optimizer = make_optimizer(model, lr, mult, args)
     scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16" and args.device.startswith("cuda"))
-    path, run_id = run_file(args, tag, setting or (lr, mult), C)
+    path, run_id = run_file(args, tag, setting, C)
     start, result = 0, None
     ck = read_run(args, path, run_id)
     if ck is not None:
-        try:
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            if "scaler" in ck:
-                scaler.load_state_dict(ck["scaler"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"'{path}' does not fit this network ({brief(e)}); use another --checkpoint-dir, or "
-                            "--no-auto-resume to start afresh there") from None
+        runs.load_states(path, [(model, ck["model"]), (optimizer, ck["optimizer"])]
+                         + ([(scaler, ck["scaler"])] if "scaler" in ck else []))
         start, result = ck["epoch"], ck.get("result")
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}" + (" (finished)" if start == args.epochs else ""))
     train_model = model
@@ -326,14 +322,17 @@ def fit(args, tag, lr, mult, backbone0, dim, C, train_ds, eval_ds, what, writer,
 
 # --- the labelled subset -----------------------------------------------------------------------
 
+def subset_sha(idx):
+    """The labelled subset's identity: a hash of its sorted dataset indices."""
+    return hashlib.sha256(json.dumps(idx).encode()).hexdigest()
+
+
 def labelled_subset(args, train):
     """(sorted indices of the labelled images, a short name of the subset for folders and lines)."""
     names = registry.image_names(train)
     if args.subset_file:
         idx = read_subset_file(args.subset_file, names, args.dataset)
-        with open(args.subset_file, "rb") as f:
-            tag = "file-" + hashlib.sha256(f.read()).hexdigest()[:8]
-        return idx, names, tag
+        return idx, names, "file-" + subset_sha(idx)[:8]
     idx = draw_per_class(train.targets, args.labels, args.subset_seed, getattr(train, "classes", None))
     kind, v = parse_labels(args.labels)
     tag = (f"{v * 100:g}pct" if kind == "fraction" else f"{v}perclass") + f"-s{args.subset_seed}"
@@ -356,21 +355,21 @@ def _run(args):
     if args.dataset == "imagenet":  # val/ is opened only after the grid: its class folders are checked now
         check_val_classes(args.root)
     idx, names, subset_tag = labelled_subset(args, train)
-    args.subset_sha = hashlib.sha256(json.dumps(idx).encode()).hexdigest()
+    args.subset_sha = subset_sha(idx)
     if len(set(du.all_gather_object(args.subset_sha))) > 1:  # a pure function of the labels and seed: never
         raise UserError("the ranks drew different labelled subsets (do they read the same data?)")
     init = "scratch" if args.pretrained == "none" else "pretrained"
     if args.checkpoint_dir is None:  # one folder per dataset, initial weights, subset and recipe
         who = f"scratch-{info['arch']}" if args.pretrained == "none" else info["sha256"][:12]
         args.checkpoint_dir = os.path.join("checkpoints", "finetune", f"{args.dataset}-{who}-{subset_tag}-{args.recipe}")
-    counts = torch.bincount(torch.as_tensor([int(train.targets[i]) for i in idx]), minlength=C)
+    labelled, labelled_eval = InstanceSubset(train, idx), InstanceSubset(train_eval, idx)
+    counts = torch.bincount(torch.as_tensor(labelled.targets), minlength=C)
     print(f"=> {info['arch']} from {info['path']} ({info['source']}); labelled subset: {len(idx)} of {len(train)} "
           f"training images, {int(counts.min())}-{int(counts.max())} per class ({subset_tag})")
     if int(counts.min()) == 0:
         print(f"note: {int((counts == 0).sum())} of the {C} classes have no labelled image in the subset")
     settings = [(lr, m) for lr in args.lrs for m in args.mults]
     grid = len(settings) > 1
-    labelled, labelled_eval = InstanceSubset(train, idx), InstanceSubset(train_eval, idx)
     if grid:  # the held-out part of the labelled subset: the grid is chosen there, never on the test set
         fit_pos, held_pos = data.holdout_split(len(idx), args.holdout, args.seed, labels=labelled.targets,
                                                class_names=getattr(train, "classes", None))
@@ -393,15 +392,15 @@ def _run(args):
     if grid:
         held = {}
         for g_lr, g_m in settings:
-            held[(g_lr, g_m)] = fit(args, "grid-" + tag_of(g_lr, g_m), g_lr, g_m, backbone0, dim, C,
+            held[(g_lr, g_m)] = fit(args, "grid-" + tag_of(g_lr, g_m), (g_lr, g_m), backbone0, dim, C,
                                     InstanceSubset(labelled, fit_pos), InstanceSubset(labelled_eval, held_pos),
                                     "held-out", writer, autocast)[0]
         lr, mult = max(held, key=held.get)  # ties: the first in grid order
         print("grid: held-out top1 " + ", ".join(f"lr {a:g} x{b:g}: {v:.2f}" for (a, b), v in held.items())
               + f"; chosen lr {lr:g}, head lr multiplier {mult:g} ({len(held_pos)} held-out images)")
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
-    top1, top5 = fit(args, "final" if grid else "train", lr, mult, backbone0, dim, C, labelled, val, "test",
-                     writer, autocast, setting=("grid", lr, mult) if grid else None)
+    top1, top5 = fit(args, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0, dim,
+                     C, labelled, val, "test", writer, autocast)
     if writer:
         writer.close()
     t5 = f"{top5:.2f}" if top5 is not None else "-"

@@ -20,7 +20,7 @@ from datasets import InstanceSubset, num_classes, registry
 from lib import checkpoint
 from lib import dist as du
 from lib import amp, data, features, knn, options, report, runs
-from lib.errors import UserError, brief, exit_on_error
+from lib.errors import UserError, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
              "multi": dict(lr=0.01, weight_decay=1e-4, epochs=90, schedule="30,60", nesterov=True)}
@@ -275,12 +275,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
     start, res = 0, None
     ck = read_head(args, path, run_id)
     if ck is not None:
-        try:
-            head.load_state_dict(ck["head"])
-            opt.load_state_dict(ck["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"'{path}' does not fit this head ({brief(e)}); use another --checkpoint-dir, or "
-                            "--no-auto-resume to start afresh there") from None
+        runs.load_states(path, [(head, ck["head"]), (opt, ck["optimizer"])], "head")
         start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
     for epoch in range(start, args.epochs):

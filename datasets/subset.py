@@ -77,6 +77,12 @@ def draw_per_class(targets, spec, seed, class_names=None):
 SUBSET_HEADER = "# finetune.py labelled subset:"
 
 
+def _bare_names(names):
+    """(the FILE of each CLASS/FILE name, how many training images have each FILE)."""
+    bare = [n.rsplit("/", 1)[-1] for n in names]
+    return bare, collections.Counter(bare)
+
+
 def read_subset_file(path, names, dataset):
     """Sorted dataset indices of the images a subset file names, one per line: the file names of
     an image folder's training images (SimCLR's imagenet_subsets/1percent.txt format), or, for the
@@ -84,8 +90,9 @@ def read_subset_file(path, names, dataset):
     dataset, so that a CIFAR list is not read as Fashion-MNIST's). Names not in the training set,
     duplicates, an empty file: one UserError line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f]
+        with open(path, "rb") as f:
+            raw = f.read()
+        lines = [ln.strip() for ln in raw.decode("utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--subset-file '{path}': cannot read it ({type(e).__name__}: {e})") from None
     if not any(ln and not ln.startswith("#") for ln in lines):
@@ -102,15 +109,14 @@ def read_subset_file(path, names, dataset):
         raise UserError(f"--subset-file '{path}' was written for a training set of {meta['train_images']} images; "
                         f"this one has {len(names)}")
     if "images" in meta:  # finetune.py's own files: a truncated copy is not another subset
-        with open(path, "rb") as f:
-            whole = f.read().endswith(b"\n")
+        whole = raw.endswith(b"\n")
         if meta["images"] != str(len(entries)) or not whole:
             raise UserError(f"--subset-file '{path}' is truncated: its header says {meta['images']} images, it "
                             f"holds {len(entries)}" + ("" if whole else " and its last line is cut off"))
     where = {n: i for i, n in enumerate(names)}
     if not arrays:  # a bare file name too, where it is one image's (ImageNet's names are unique)
-        base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
-        where.update({n.rsplit("/", 1)[-1]: i for i, n in enumerate(names) if base[n.rsplit("/", 1)[-1]] == 1})
+        bare, base = _bare_names(names)
+        where.update({b: i for i, b in enumerate(bare) if base[b] == 1})
         twice = [e for e in entries if e not in where and base.get(e, 0) > 1]
         if twice:
             raise UserError(f"--subset-file '{path}': '{twice[0]}' is the name of {base[twice[0]]} training images "
@@ -129,8 +135,8 @@ def write_subset_file(path, indices, names, dataset, what):
     """The subset of a run, in the format read_subset_file reads (atomically, left as it is when
     it already holds the same list)."""
     if names[:1] != ["0"]:  # an image folder: bare file names where they are unique (SimCLR's format)
-        base = collections.Counter(n.rsplit("/", 1)[-1] for n in names)
-        names = [n.rsplit("/", 1)[-1] if base[n.rsplit("/", 1)[-1]] == 1 else n for n in names]
+        bare, base = _bare_names(names)
+        names = [b if base[b] == 1 else n for n, b in zip(names, bare)]
     text = f"{SUBSET_HEADER} dataset={dataset} train_images={len(names)} images={len(indices)} {what}\n" \
         + "".join(names[i] + "\n" for i in indices)
     write_text_atomic(path, text, "subset file")

@@ -154,6 +154,17 @@ def read_continued(args, path, run_id, what, fields, marker, script, runtime, an
     return ck
 
 
+def load_states(path, pairs, what="network"):
+    """load_state_dict(state) for each (object, state) of a continued checkpoint: a state that does not
+    fit is one UserError line naming `path`."""
+    try:
+        for obj, state in pairs:
+            obj.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"'{path}' does not fit this {what} ({brief(e)}); use another --checkpoint-dir, or "
+                        "--no-auto-resume to start afresh there") from None
+
+
 def check_same_data(args, ck, path):
     """Evaluation scores the checkpoint's bank by dataset index: the training set must be its own."""
     old = ck.get("args")

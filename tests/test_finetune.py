@@ -185,12 +185,12 @@ def test_grid_never_reads_the_test_set(cifar_dir, tiny_ckpt, tmp_path, capsys, m
         events.append(("open", "train" if train else "test"))
         return real_open(dataset, data_, train, *a, **k)
 
-    def fit(args, tag, lr, mult, backbone0, dim, C, train_ds, eval_ds, what, *a, **k):
+    def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, *a, **k):
         base = eval_ds
         while hasattr(base, "dataset"):
             base = base.dataset
         events.append(("fit", tag, what, base.train))  # CIFAR10Instance.train: the training split
-        return real_fit(args, tag, lr, mult, backbone0, dim, C, train_ds, eval_ds, what, *a, **k)
+        return real_fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, *a, **k)
 
     monkeypatch.setattr(registry, "open_split", open_split)
     monkeypatch.setattr(finetune, "fit", fit)
