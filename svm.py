@@ -71,33 +71,9 @@ def datasets(args):
     return (open_(True, args.train_subset), open_(False, args.test_subset), *registry.STATS[args.dataset])
 
 
-class _ImagesOnly(torch.utils.data.Dataset):
-    """extract_features keeps one integer label per image; VOC's 20-vectors are read from .targets."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        img, _, index = self.ds[i]
-        return img, 0, index
-
-
 def targets_of(ds, num_classes):
     t = np.asarray(ds.targets)
     return (t, False) if t.ndim == 2 else (svm.one_hot(t, num_classes), True)
-
-
-@torch.no_grad()
-def pixels(loader, mean, std, one_channel):
-    """The [0, 1] pixels (the test transform undone), as report.raw_pixel_knn uses them."""
-    out = []
-    for x, _, _ in loader:
-        x = report.denormalize(x, mean, std)
-        out.append((x[:, :1] if one_channel else x).flatten(1))
-    return torch.cat(out)
 
 
 def knn_top1(x_train, y_train, x_test, y_test, num_classes, k, sigma):
@@ -159,11 +135,11 @@ def run(args):
         ks = [k for k in ks if k <= max_k]
 
     t0 = time.time()
-    loader = lambda ds: torch.utils.data.DataLoader(_ImagesOnly(ds) if not single else ds, batch_size=args.batch_size,
+    loader = lambda ds: torch.utils.data.DataLoader(features.ImagesOnly(ds) if not single else ds, batch_size=args.batch_size,
                                                     num_workers=args.workers)
     if args.raw_pixels:
         gray = args.dataset == "fashion-mnist"  # its three channels are copies of one
-        x_train, x_test = (pixels(loader(d), mean, std, gray) for d in (train, test))
+        x_train, x_test = (report.pixels(loader(d), mean, std, gray)[0] for d in (train, test))
         layer = "pixels"
     else:
         model, info = features.load_backbone(args.pretrained, args.arch, args.width, device)

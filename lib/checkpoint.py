@@ -1,6 +1,7 @@
 """Checkpoints: plain data written atomically, read back with validation; the authors' legacy
 pickles read through an unpickler that can only build tensors and inert stand-ins."""
 import collections
+import hashlib
 import os
 import pickle
 import shutil
@@ -89,6 +90,14 @@ def copy_atomic(src, dst):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
     _write_atomic(dst, write, "copy of the checkpoint")
+
+
+def sha256(path):
+    """The file's sha256 (hex): the identity of the network a result was computed with; None for no file."""
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_writable_dir(path, flag):

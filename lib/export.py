@@ -9,6 +9,7 @@ from . import checkpoint
 from . import dist as du
 from . import features
 from . import report
+from .errors import UserError
 
 
 def _paths(ds):
@@ -23,36 +24,77 @@ def _classes(ds):
     return list(getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None) or [])
 
 
+def record(train_feats, train_labels, val_feats, val_labels, train_ds, val_ds, **meta):
+    """The one feature-file layout (--export-features, retrieve.py --save-features, its --index):
+    train/val features, labels and indices, the class names, the image paths of an image folder, and
+    `meta` (dataset, arch, checkpoint, checkpoint_sha256: the network that made them, train_source)."""
+    out = {"train_features": train_feats.float().cpu(), "train_labels": torch.as_tensor(train_labels),
+           "train_indices": torch.arange(len(train_feats)), "val_features": val_feats.float().cpu(),
+           "val_labels": torch.as_tensor(val_labels), "val_indices": torch.arange(len(val_feats)),
+           "classes": _classes(val_ds), **meta}
+    for split, ds in (("train", train_ds), ("val", val_ds)):
+        p = _paths(ds)
+        if p is not None:
+            out[f"{split}_paths"] = p
+    return out
+
+
+def save(out, path):
+    """`path` (.pt, read by torch.load(weights_only=True)) and its .npz twin."""
+    checkpoint.save_atomic(out, path)
+    npz = os.path.splitext(path)[0] + ".npz"
+    np.savez(npz, **{k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()})
+    return npz
+
+
+FIELDS = ("train_features", "train_labels", "val_features", "val_labels")
+
+
+def read(path):
+    """A feature file, checked whole: the four tensors present, as many labels as features, one
+    feature dimension; anything else (empty, truncated, another kind of file) one UserError line."""
+    obj = checkpoint.read(path, "feature file")
+    if not isinstance(obj, dict) or not all(torch.is_tensor(obj.get(k)) for k in FIELDS):
+        raise UserError(f"'{path}' is not a feature file (no train_features, train_labels, val_features, val_labels; "
+                        "write one with --export-features or retrieve.py --save-features)")
+    tf, vf = obj["train_features"], obj["val_features"]
+    if tf.dim() != 2 or vf.dim() != 2 or tf.shape[1] != vf.shape[1] or not len(tf):
+        raise UserError(f"'{path}': its features are {tuple(tf.shape)} (train) and {tuple(vf.shape)} (val), "
+                        "not N x D with one D")
+    if len(obj["train_labels"]) != len(tf) or len(obj["val_labels"]) != len(vf):
+        raise UserError(f"'{path}': {len(tf)} train features but {len(obj['train_labels'])} labels, {len(vf)} val "
+                        f"features but {len(obj['val_labels'])} labels (not a whole feature file)")
+    if not (torch.isfinite(tf).all() and torch.isfinite(vf).all()):
+        raise UserError(f"'{path}' holds non-finite features (NaN or inf)")
+    return obj
+
+
+def projector(log_dir, feats, labels, thumbs, names, tag="val_features"):
+    """The TensorBoard projector of `feats` with class names and 32 x 32 thumbnails."""
+    thumbs = F.interpolate(thumbs, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    meta = [names[c] if c < len(names) else str(c) for c in labels.tolist()]
+    with report.tensorboard(log_dir) as w:
+        w.add_embedding(feats, metadata=meta, label_img=thumbs, tag=tag)
+
+
 def run(args, model, train_feats, task, val_loader, device, autocast, source):
-    """Writes args.export_features (.pt, read by torch.load(weights_only=True)) and its .npz twin,
-    and/or the projector embedding. Collective under torchrun (the val features); rank 0 writes."""
+    """Writes args.export_features (and its .npz twin) and/or the projector embedding. Collective
+    under torchrun (the val features); rank 0 writes."""
     val, val_labels, val_idx = features.extract_features(model, val_loader, device, "embed", autocast=autocast)
     if not du.is_main_process():
         return
-    n = len(task.train_eval)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)))
     if args.export_features:
-        out = {"train_features": train_feats.float().cpu(), "train_labels": train_labels,
-               "train_indices": torch.arange(n), "val_features": val, "val_labels": val_labels,
-               "val_indices": val_idx, "train_source": source, "arch": args.arch, "checkpoint": args.resume,
-               "classes": _classes(task.val)}
-        for split, ds in (("train", task.train_eval), ("val", task.val)):
-            p = _paths(ds)
-            if p is not None:
-                out[f"{split}_paths"] = p
-        checkpoint.save_atomic(out, args.export_features)
-        npz = os.path.splitext(args.export_features)[0] + ".npz"
-        np.savez(npz, **{k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()})
+        out = record(train_feats, train_labels, val, val_labels, task.train_eval, task.val, train_source=source,
+                     arch=args.arch, checkpoint=args.resume, checkpoint_sha256=checkpoint.sha256(args.resume),
+                     dataset=getattr(args, "dataset", "imagenet"))
+        npz = save(out, args.export_features)
         print(f" * features: train {tuple(out['train_features'].shape)} ({source}), val {tuple(val.shape)} -> "
               f"'{args.export_features}', '{npz}'")
     if args.export_embedding:
         k = min(args.export_embedding, len(val))
         pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(args.seed))[:k].sort().values
         thumbs = report.denormalize(torch.stack([task.val[i][0] for i in pick.tolist()]), task.mean, task.std).clamp(0, 1)
-        thumbs = F.interpolate(thumbs, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-        names = _classes(task.val)
-        meta = [names[c] if c < len(names) else str(c) for c in val_labels[pick].tolist()]
         log_dir = args.log_dir or os.path.join(args.checkpoint_dir, "tb")
-        with report.tensorboard(log_dir) as w:
-            w.add_embedding(val[pick], metadata=meta, label_img=thumbs, tag="val_features")
+        projector(log_dir, val[pick], val_labels[pick], thumbs, _classes(task.val))
         print(f" * projector embedding of {k} val features -> '{log_dir}' (tensorboard --logdir {log_dir})")

@@ -4,7 +4,6 @@
 plain torchvision ResNet state dict; `taps` runs it and returns named intermediate outputs;
 `extract_features` runs it over a loader (sharded over torchrun ranks, gathered) into N x D
 float32 tensors written by dataset index."""
-import hashlib
 import math
 import time
 
@@ -162,8 +161,7 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
     model.load_state_dict(sd, strict=False)
     if not fc:  # a bare backbone (export_backbone.py, torchvision without fc): no random layer in its place
         model.fc = MissingLayer(ckpt_path)
-    with open(ckpt_path, "rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    sha = checkpoint.sha256(ckpt_path)
     info = dict(arch=arch, width=width if cifar else None, low_dim=low_dim, cifar=cifar,
                 source="npid" if ck is not None else "torchvision", epoch=(ck or {}).get("epoch"),
                 args=(ck or {}).get("args") or {}, path=ckpt_path, sha256=sha, state_dict=sd,
@@ -202,6 +200,21 @@ def check_fits(info, dataset):
 
 
 # --- extraction ---------------------------------------------------------------------------
+
+class ImagesOnly(torch.utils.data.Dataset):
+    """(image, 0, index): extract_features keeps one integer label per image, so a multi-label
+    dataset (VOC's 20-vectors) goes through this and its labels are read from .targets."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        img, _, index = self.ds[i]
+        return img, 0, index
+
 
 def world():
     return du.get_rank(), du.get_world_size()

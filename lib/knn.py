@@ -12,15 +12,34 @@ BANK_CHUNK_BYTES = 256 * 2**20  # similarity block per chunk; peak memory beyond
 QUERY_CHUNK = 256  # queries classified at once (a B x k block of neighbours)
 
 
-def topk_neighbors(query, bank, k):
+def block_topk(sim, k, block=64):
+    """The values of sim.topk(k, dim=1), exactly, and their columns, about 3x faster on the CPU when
+    k << N: the k largest of a row lie in the k blocks of `block` columns with the largest maxima
+    (a top-k element lifts its block's max to at least the k-th value; at most k blocks hold one).
+    Among tied values the columns may differ from torch.topk's."""
+    B, N = sim.shape
+    nb = N // block
+    if k * block >= N:
+        return sim.topk(k, dim=1)
+    top_blocks = sim[:, :nb * block].view(B, nb, block).amax(2).topk(k, dim=1).indices  # B x k
+    cand = (top_blocks[:, :, None] * block + torch.arange(block, device=sim.device)).flatten(1)  # B x k*block
+    if nb * block < N:  # the last, partial block: always a candidate
+        cand = torch.cat([cand, torch.arange(nb * block, N, device=sim.device).expand(B, -1)], 1)
+    v, j = sim.gather(1, cand).topk(k, dim=1)
+    return v, cand.gather(1, j)
+
+
+def topk_neighbors(query, bank, k, topk=None):
     """Top-k cosine similarities and bank indices (B x k), chunked over the bank with a running
-    merge, so that a 1.28M bank never produces a B x N block."""
+    merge, so that a 1.28M bank never produces a B x N block. `topk(sim, k)`: torch.topk (the kNN's)
+    unless given (retrieval's block_topk)."""
     k = min(k, bank.shape[0])
     step = max(k, BANK_CHUNK_BYTES // (4 * max(1, query.shape[0])))
+    topk = topk or (lambda s, k: s.topk(k, dim=1))
     best_v = best_i = None
     for a in range(0, bank.shape[0], step):
         sim = query @ bank[a:a + step].t()  # B x chunk
-        v, i = sim.topk(min(k, sim.shape[1]), dim=1)
+        v, i = topk(sim, min(k, sim.shape[1]))
         i += a
         if best_v is not None:
             v, j = torch.cat([best_v, v], 1).topk(k, dim=1)

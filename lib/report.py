@@ -19,14 +19,28 @@ def tensorboard(log_dir):
 
 
 @torch.no_grad()
+def pixels(loader, mean, std, one_channel=False, size=None):
+    """The [0, 1] pixels of loader.dataset (the test transform undone) as N x D rows by dataset
+    index: the raw-image features of the paper's comparisons. `size`: resized first (area
+    averaging), for images too large to compare pixel by pixel; `one_channel`: grey datasets."""
+    out, labels = None, None
+    for x, t, index in loader:
+        x = denormalize(x, mean, std)
+        if size is not None and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="area")
+        x = (x[:, :1] if one_channel else x).flatten(1)
+        if out is None:
+            out = torch.zeros(len(loader.dataset), x.shape[1])
+            labels = torch.zeros(len(loader.dataset), *torch.as_tensor(t).shape[1:], dtype=torch.long)
+        out[index], labels[index] = x, torch.as_tensor(t).long()
+    return out, labels
+
+
 def raw_pixel_knn(train_loader, val_loader, train_labels, num_classes, mean, std, k=200, sigma=0.1):
     """Cosine kNN on the [0, 1] pixels themselves: the floor a learned feature should clear."""
-    def pixels(loader):  # one pass: unit-norm pixel vectors and targets
-        xs, ts = zip(*[(F.normalize(denormalize(x, mean, std).flatten(1), dim=1), t) for x, t, _ in loader])
-        return torch.cat(xs), torch.cat(ts)
-    (bank, _), labels = pixels(train_loader), torch.as_tensor(train_labels).cpu()
-    q, targets = pixels(val_loader)
-    return knn.knn_classify(q, targets, bank, labels, num_classes, k, sigma, chunk=512)["knn_top1"]
+    bank, labels = F.normalize(pixels(train_loader, mean, std)[0], dim=1), torch.as_tensor(train_labels).cpu()
+    q, targets = pixels(val_loader, mean, std)
+    return knn.knn_classify(F.normalize(q, dim=1), targets, bank, labels, num_classes, k, sigma, chunk=512)["knn_top1"]
 
 
 @torch.no_grad()

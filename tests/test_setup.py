@@ -57,6 +57,7 @@ def machine(tmp_path):
     shutil.copytree(os.path.join(ROOT, "scripts"), repo / "scripts")
     (repo / "cifar.py").write_text('import sys\nprint("probe: " + sys.executable)\n'
                                    'print("summary: learned=1.0 random_init=1.0 raw_pixels=1.0")\n')
+    (repo / "retrieve.py").write_text('print("page: probe")\n')
     (repo / "reqs.txt").write_text(stub_wheel(str(tmp_path)) + "\n")
     bin_ = tmp_path / "bin"
     bin_.mkdir()

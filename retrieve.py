@@ -1,0 +1,440 @@
+"""Nearest neighbours: the authors' result pages, retrieval from a saved index, a 2-D map.
+
+  # the page: each query (a val image), then its K nearest training images per feature source
+  python retrieve.py --dataset fashion-mnist --data ./data --pretrained CKPT --compare sup.pt --out nn/ --map
+  python retrieve.py DATA --features feats.pt --out nn/            # an ImageNet layout, exported features
+  # the index: new images embedded by the network, their nearest training images
+  python retrieve.py --index nn/features.pt --pretrained CKPT --query a.png b.jpg [--backend faiss]
+
+Sources: --pretrained checkpoints (features extracted with lib/features.py), --features / --compare
+feature files (--export-features, --save-features) or checkpoints, and raw pixels (built in)."""
+import argparse
+import json
+import os
+import time
+
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from datasets import num_classes as classes_of, registry
+from lib import checkpoint, export, features, knn, report, retrieval
+from lib.errors import UserError, exit_on_error
+from lib.options import _Parser
+
+DATASETS = ("imagenet", *registry.SMALL, "voc07")
+RAW_SIZE = 32  # raw pixels of the 224-px datasets: compared at 32 x 32 (3072 numbers), as Tiny Images
+
+
+def get_args(argv=None):
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: imagenet with DATA, else cifar10")
+    p.add_argument("--data", default=None, help="the CIFAR / Fashion-MNIST root of cifar.py, or VOCdevkit/VOC2007")
+    p.add_argument("--train-subset", default=0, type=int, help="as cifar.py's: this many training images (seed 0)")
+    p.add_argument("--test-subset", default=0, type=int, help="as cifar.py's: this many test images (seed 0)")
+    g = p.add_argument_group("feature sources (one row each on the page)")
+    g.add_argument("--pretrained", nargs="+", default=[], metavar="CKPT", help="checkpoints; features extracted here")
+    g.add_argument("--features", default=None, metavar="FILE", help="a feature file (--export-features, --save-features)")
+    g.add_argument("--compare", nargs="+", default=[], metavar="FILE", help="more sources: feature files or checkpoints")
+    g.add_argument("--names", default=None, help="comma-separated row names, in the order pretrained, features, "
+                   "compare (default: from the file names)")
+    g.add_argument("--no-raw", action="store_true", help="leave out the raw-pixel row")
+    g.add_argument("--save-features", default=None, metavar="FILE",
+                   help="write the first --pretrained's features as a feature file (an --index for later queries)")
+    g = p.add_argument_group("the page")
+    g.add_argument("--out", default="nn", help="the page's folder: index.html, thumbs/, map.png, retrieve.json")
+    g.add_argument("-k", "--top-k", dest="k", default=20, type=int, help="retrievals per query (and precision@K)")
+    g.add_argument("--num-queries", default=16, type=int, help="random val images as queries (seeded)")
+    g.add_argument("--queries", nargs="+", default=None, metavar="I|PATH",
+                   help="the queries: val indices, or val image paths (image folders)")
+    g.add_argument("--seed", default=0, type=int, help="the seed of the queries and of the map's subset")
+    g.add_argument("--knn-k", default=200, type=int, help="neighbours of the kNN figure")
+    g.add_argument("--knn-t", default=0.1, type=float, help="kNN sigma (cifar.py's --nce-t)")
+    g = p.add_argument_group("the map")
+    g.add_argument("--map", action="store_true", help="also out/map.png: a 2-D map of the val features per source")
+    g.add_argument("--map-points", default=2000, type=int, help="val images on the map (a seeded subset)")
+    g.add_argument("--map-method", default="tsne", choices=["tsne", "umap"], help="umap needs umap-learn")
+    g.add_argument("--projector", default=0, type=int, metavar="N",
+                   help="also the TensorBoard projector of N val features of the first source (out/tb)")
+    g = p.add_argument_group("the index")
+    g.add_argument("--index", default=None, metavar="FILE", help="a feature file to search (with --query, --pretrained)")
+    g.add_argument("--query", nargs="+", default=[], metavar="IMAGE", help="image files to embed and look up")
+    g.add_argument("--backend", default="exact", choices=["exact", "faiss"],
+                   help="exact: chunked matrix products (torch, on the GPU if there is one); faiss: faiss-cpu")
+    g.add_argument("--faiss-index", default="flat", choices=["flat", "ivf"], help="FAISS: exact flat or IVF cells")
+    g.add_argument("--nlist", default=None, type=int, help="IVF cells (default ~4 sqrt(N), a power of two)")
+    g.add_argument("--nprobe", default=32, type=int, help="IVF cells searched per query")
+    g.add_argument("--recall", action="store_true", help="also the recall@K of the backend against exact search")
+    g.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    g = p.add_argument_group("run")
+    g.add_argument("-b", "--batch-size", default=256, type=int)
+    g.add_argument("-j", "--workers", default=2, type=int)
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
+    args = p.parse_args(argv)
+    args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return args
+
+
+def check_args(args):
+    low = [f"{f} {v} (must be >= {m})" for f, v, m in (
+        ("-k", args.k, 1), ("--num-queries", args.num_queries, 1), ("--knn-k", args.knn_k, 1),
+        ("--map-points", args.map_points, 3), ("--projector", args.projector, 0), ("--nprobe", args.nprobe, 1),
+        ("-b", args.batch_size, 1), ("-j", args.workers, 0), ("--train-subset", args.train_subset, 0),
+        ("--test-subset", args.test_subset, 0), ("--seed", args.seed, 0)) if v < m]
+    if args.nlist is not None and args.nlist < 1:
+        low.append(f"--nlist {args.nlist} (must be >= 1)")
+    if low:
+        raise UserError("; ".join(low))
+    if not 1 / 88 <= args.knn_t < float("inf"):
+        raise UserError(f"--knn-t must be at least 1/88 and finite (got {args.knn_t})")
+    if args.index:
+        if not args.query or not args.pretrained:
+            raise UserError("--index needs --query IMAGE [...] and --pretrained CKPT (the network that built it)")
+        if len(args.pretrained) > 1 or args.features or args.compare:
+            raise UserError("--index searches one feature file with one network: give one --pretrained, "
+                            "no --features / --compare")
+    else:
+        if args.query:
+            raise UserError("--query goes with --index FILE (a feature file to search)")
+        if not (args.pretrained or args.features or args.compare):
+            raise UserError("give the features: --pretrained CKPT, --features FILE or --compare FILE")
+        if args.dataset == "imagenet" and not args.root:
+            raise UserError("retrieve.py: give DATA (ImageNet layout), or --dataset with --data")
+        if args.save_features and not args.pretrained:
+            raise UserError("--save-features writes the features of the first --pretrained checkpoint")
+
+
+def device_of(args):
+    return torch.device(args.device)
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+def open_splits(args, transform):
+    open_ = lambda train, n: registry.open_split(args.dataset, args.root or args.data, train, transform,
+                                                 download=True, subset=n)
+    return {"train": open_(True, args.train_subset), "val": open_(False, args.test_subset)}
+
+
+def labels_of(ds):
+    """Long N (one class per image) or bool N x C (VOC: the present classes)."""
+    t = torch.as_tensor(ds.targets)
+    return t.eq(1) if t.dim() == 2 else t.long()
+
+
+def class_names(ds, labels):
+    names = list(getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None) or [])
+    if not names and labels.dim() == 2:
+        from datasets.voc import CLASSES
+        names = list(CLASSES)
+    return names or [str(c) for c in range(int(labels.max()) + 1)]
+
+
+def loader(args, ds):
+    return torch.utils.data.DataLoader(features.ImagesOnly(ds), batch_size=args.batch_size, num_workers=args.workers)
+
+
+def bare_names(paths):
+    """CLASS/FILE of each path: what two copies of one image folder have in common."""
+    return ["/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in paths]
+
+
+# --- the sources ------------------------------------------------------------------------------
+
+def checkpoint_source(args, path, data, autocast):
+    model, info = features.load_backbone(path, device=device_of(args))
+    features.check_fits(info, args.dataset)
+    features.check_layers(info, ["embed"])
+    print(f"=> features of '{path}' ({info['arch']}, {info['low_dim']}-d)", flush=True)
+    f = {s: features.extract_features(model, loader(args, data[s]), device_of(args), "embed", autocast=autocast)[0]
+         for s in ("train", "val")}
+    return dict(train=f["train"], val=f["val"], path=path, sha256=info["sha256"], arch=info["arch"])
+
+
+def file_source(args, path, data, labels, names):
+    """A feature file, checked against the images it is shown with: the same dataset, sizes,
+    labels, class names and (image folders) file names, or one line saying which differs."""
+    f = export.read(path)
+    what = f"'{path}' holds features of"
+    if f.get("dataset") and f["dataset"] != args.dataset:
+        raise UserError(f"{what} --dataset {f['dataset']}, not of {args.dataset}")
+    for s in ("train", "val"):
+        n, have = len(data[s]), len(f[f"{s}_features"])
+        if n != have:
+            raise UserError(f"{what} {have} {s} images, the {s} split here has {n} (another dataset or subset: "
+                            "--train-subset / --test-subset as when it was written)")
+        if not torch.equal(torch.as_tensor(f[f"{s}_labels"]).reshape(labels[s].shape).to(labels[s].dtype), labels[s]):
+            raise UserError(f"{what} images whose {s} labels differ from this dataset's (another dataset, subset "
+                            "or class order)")
+        paths = f.get(f"{s}_paths")
+        if paths is not None and hasattr(data[s], "samples") and bare_names(paths) != bare_names(
+                [p for p, _ in data[s].samples]):
+            raise UserError(f"{what} other {s} image files than '{args.root or args.data}' holds")
+    if f.get("classes") and list(f["classes"]) != names:
+        raise UserError(f"{what} classes {list(f['classes'])[:3]}..., this dataset has {names[:3]}...")
+    print(f"=> features from '{path}' ({tuple(f['train_features'].shape)} train, {f.get('train_source', '?')})")
+    return dict(train=f["train_features"], val=f["val_features"], path=path, sha256=checkpoint.sha256(path),
+                arch=f.get("arch"))
+
+
+def raw_source(args, data):
+    """The [0, 1] pixels (at RAW_SIZE for the 224-px datasets), the paper's "raw image features"."""
+    mean, std = registry.STATS[args.dataset]
+    size = None if args.dataset in registry.SMALL else RAW_SIZE
+    f = {s: report.pixels(loader(args, data[s]), mean, std, size=size)[0] for s in ("train", "val")}
+    return dict(train=f["train"], val=f["val"], path=None, sha256=None, arch=None)
+
+
+def source_name(path):
+    """checkpoints/quickstart/checkpoint.pth -> 'quickstart/checkpoint.pth'."""
+    return "/".join(os.path.normpath(path).split(os.sep)[-2:])
+
+
+def load_sources(args, data, labels, names, autocast):
+    specs = [("ckpt", p) for p in args.pretrained] + ([("file", args.features)] if args.features else []) + \
+            [("any", p) for p in args.compare]
+    given = args.names.split(",") if args.names else None
+    if given is not None and len(given) != len(specs):
+        raise UserError(f"--names gives {len(given)} names for {len(specs)} sources (pretrained, features, compare)")
+    out = []
+    for j, (kind, path) in enumerate(specs):
+        if kind == "any":  # a feature file, else a checkpoint
+            obj = checkpoint.load_object(path, prefix="--compare: ")[0]
+            kind = "file" if isinstance(obj, dict) and "train_features" in obj else "ckpt"
+        s = checkpoint_source(args, path, data, autocast) if kind == "ckpt" else file_source(args, path, data, labels, names)
+        s["name"] = given[j] if given else source_name(path)
+        out.append(s)
+    if not args.no_raw:
+        out.append(dict(raw_source(args, data), name="raw pixels"))
+    for s in out:
+        s["train"], s["val"] = retrieval.normalize(s["train"]), retrieval.normalize(s["val"])
+    return out
+
+
+# --- the queries ------------------------------------------------------------------------------
+
+def pick_queries(args, val):
+    n = len(val)
+    if not args.queries:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[:args.num_queries].tolist()
+    by_path = {}
+    if hasattr(val, "samples"):
+        by_path = {os.path.realpath(p): i for i, (p, _) in enumerate(val.samples)}
+    out = []
+    for q in args.queries:
+        if q.isdigit() and int(q) < n:
+            out.append(int(q))
+        elif os.path.realpath(q) in by_path:
+            out.append(by_path[os.path.realpath(q)])
+        else:
+            raise UserError(f"--queries '{q}' is neither a val index (0..{n - 1}) nor a val image of this dataset")
+    return out
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+def check_out(args):
+    """The page's folder: new, empty, or one retrieve.py wrote (its retrieve.json): never a folder of
+    other files, and never a given file's folder contents replaced."""
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out '{out}' is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "retrieve.json")):
+        raise UserError(f"--out '{out}' holds files that retrieve.py did not write; give a new or empty folder")
+    old = {}
+    if os.path.isfile(os.path.join(out, "retrieve.json")):
+        try:
+            with open(os.path.join(out, "retrieve.json")) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            raise UserError(f"--out '{out}': its retrieve.json is unreadable; give a new or empty folder") from None
+    given = [p for p in [*args.pretrained, args.features, *args.compare] if p]
+    mine = {os.path.realpath(os.path.join(out, f)) for f in old.get("files", [])}
+    for p in given:
+        if os.path.realpath(p) in mine or os.path.realpath(p).startswith(os.path.realpath(os.path.join(out, "thumbs")) + os.sep):
+            raise UserError(f"'{p}' lies among the files this page replaces in '{out}'; move it out, or give another --out")
+    if args.save_features:
+        sf = os.path.realpath(args.save_features)
+        if sf in {os.path.realpath(p) for p in given}:
+            raise UserError(f"--save-features '{args.save_features}' is one of the inputs")
+        npz = os.path.splitext(sf)[0] + ".npz"
+        for f in (sf, npz):
+            if os.path.exists(f) and f not in mine:
+                raise UserError(f"--save-features: '{f}' exists; give a new name (only this page's own files are replaced)")
+    checkpoint.check_writable_dir(out, "--out")
+    return old
+
+
+def save_features(args, s, data, labels):
+    out = export.record(s["train"], labels["train"], s["val"], labels["val"], data["train"], data["val"],
+                        train_source="recompute", arch=s["arch"], checkpoint=s["path"], checkpoint_sha256=s["sha256"],
+                        dataset=args.dataset, train_subset=args.train_subset, test_subset=args.test_subset)
+    npz = export.save(out, args.save_features)
+    print(f" * features of '{s['path']}' -> '{args.save_features}', '{npz}' (an --index for retrieve.py --query)")
+    return [args.save_features, npz]
+
+
+def knn_text(s, labels, num_classes, args):
+    if labels["train"].dim() == 2:
+        return "- (multi-label)"
+    k = min(args.knn_k, len(s["train"]))
+    r = knn.knn_classify(s["val"], labels["val"], s["train"], labels["train"], num_classes, k, args.knn_t)
+    return f"{r['knn_top1']:.2f} (k={k})"
+
+
+def page(args):
+    old = check_out(args)
+    autocast = None
+    if args.amp != "off":
+        autocast = torch.autocast(device_of(args).type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
+    data = open_splits(args, registry.eval_transform(args.dataset))
+    retrieval.check_k(args.k, len(data["train"]))
+    labels = {s: labels_of(data[s]) for s in data}
+    names = class_names(data["train"], labels["train"])
+    num_classes = len(names) if labels["train"].dim() == 2 else classes_of(data["train"])
+    queries = pick_queries(args, data["val"])
+    sources = load_sources(args, data, labels, names, autocast)
+    files = []
+    if args.save_features:
+        files += save_features(args, sources[0], data, labels)
+    t0 = time.time()
+    for s in sources:
+        dev = device_of(args)
+        bank, val = s["train"].to(dev), s["val"].to(dev)
+        s["precision"] = retrieval.precision_at_k(val, labels["val"], bank, labels["train"], args.k)
+        s["knn"] = knn_text(dict(s, train=bank, val=val), {k: v.to(dev) for k, v in labels.items()}, num_classes, args)
+        s["sims"], s["idx"] = retrieval.exact_search(val[queries], bank, args.k)
+        print(f"{s['name']}: precision@{args.k}={s['precision']:.2f} knn_top1={s['knn']} ({len(val)} val images)")
+    print(f"search: {time.time() - t0:.1f} s")
+    raw = {s: registry.open_split(args.dataset, args.root or args.data, s == "train", None, download=True,
+                                  subset=args.train_subset if s == "train" else args.test_subset) for s in data}
+    thumbs = retrieval.Thumbnails(args.out, raw, small=args.dataset in registry.SMALL)
+    title = f"Nearest neighbours: {args.dataset}, {len(queries)} queries, top {args.k} of {len(data['train'])} training images"
+    notes = [f"{len(data['train'])} training and {len(data['val'])} val images; cosine similarity; queries "
+             + (f"given (--queries)" if args.queries else f"drawn with seed {args.seed}")
+             + ("; raw pixels at 32 x 32" if args.dataset not in registry.SMALL and not args.no_raw else ""),
+             "sources: " + "; ".join(f"{s['name']}: {s['path'] or 'the [0, 1] pixels'}" for s in sources)]
+    retrieval.write_page(args.out, title, notes, sources, queries, labels["val"], labels["train"], names, thumbs,
+                         pixelated=args.dataset in registry.SMALL)
+    files += ["index.html"] + list(thumbs.written.values())
+    if args.map:
+        n, secs = retrieval.write_map(os.path.join(args.out, "map.png"), [(s["name"], s["val"]) for s in sources],
+                                      labels["val"], names, args.map_points, args.seed, args.map_method)
+        files.append("map.png")
+        print(f" * map: {os.path.join(args.out, 'map.png')} ({args.map_method}, {n} val images, {secs:.0f} s)")
+    if args.projector:
+        pick = retrieval.map_subset(len(data["val"]), args.projector, args.seed)
+        mean, std = registry.STATS[args.dataset]
+        imgs = report.denormalize(torch.stack([data["val"][i][0] for i in pick.tolist()]), mean, std).clamp(0, 1)
+        lab = labels["val"][pick]
+        export.projector(os.path.join(args.out, "tb"), sources[0]["val"][pick],
+                         lab if lab.dim() == 1 else lab.float().argmax(1), imgs, names)
+        print(f" * projector: tensorboard --logdir {os.path.join(args.out, 'tb')}")
+    for f in set(old.get("files", [])) - set(files):  # thumbnails of the last page that this one does not show
+        p = os.path.join(args.out, f)
+        if f.startswith("thumbs/") and os.path.isfile(p):
+            os.remove(p)
+    rel = [os.path.relpath(f, args.out) if os.path.isabs(f) or f.startswith(args.out) else f for f in files]
+    retrieval.write_manifest(args.out, dict(files=sorted(set(rel)), dataset=args.dataset, k=args.k, queries=queries,
+                                            sources=[dict(name=s["name"], path=s["path"], precision=s["precision"],
+                                                          knn=s["knn"]) for s in sources]))
+    print(f"page: {os.path.join(args.out, 'index.html')} ({len(queries)} queries x {len(sources)} sources x top {args.k}, "
+          f"{len(thumbs.written)} thumbnails)")
+
+
+# --- the index --------------------------------------------------------------------------------
+
+def query_transform(dataset):
+    """A new image as the dataset's test images are: the 28-32 px datasets resized and centre-cropped
+    to their size (Fashion-MNIST in grey, as its images are), then the dataset's test transform."""
+    if dataset not in registry.SMALL:
+        return registry.eval_transform(dataset)
+    size = registry.NATIVE_SIZE[dataset]
+    grey = [transforms.Grayscale(3)] if dataset == "fashion-mnist" else []
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), *grey,
+                               registry.eval_transform(dataset)])
+
+
+def read_image(path):
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"--query: cannot read '{path}' as an image ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def index_search(args):
+    if args.json and os.path.realpath(args.json) in {os.path.realpath(p) for p in [args.index, *args.pretrained, *args.query]}:
+        raise UserError(f"--json '{args.json}' is one of the inputs")
+    idx = export.read(args.index)
+    dataset = idx.get("dataset") or args.dataset
+    model, info = features.load_backbone(args.pretrained[0], device=device_of(args))
+    features.check_layers(info, ["embed"])
+    features.check_fits(info, dataset)
+    made_by = idx.get("checkpoint_sha256")
+    if made_by is None:
+        raise UserError(f"--index '{args.index}' does not say which network made it (no checkpoint_sha256); "
+                        "rebuild it with retrieve.py --save-features or --export-features")
+    if made_by != info["sha256"]:
+        raise UserError(f"--index '{args.index}' was built with another network ('{idx.get('checkpoint')}', sha256 "
+                        f"{made_by[:12]}), not '{args.pretrained[0]}' ({info['sha256'][:12]})")
+    if idx.get("train_source") == "bank":
+        print("note: the index holds memory-bank features (running averages), not the network's own")
+    bank = retrieval.normalize(idx["train_features"]).to(device_of(args))
+    retrieval.check_k(args.k, len(bank))
+    tf = query_transform(dataset)
+    imgs = torch.stack([tf(read_image(p)) for p in args.query])
+    with torch.no_grad():
+        q = retrieval.normalize(model(imgs.to(device_of(args))))
+    t0 = time.time()
+    if args.backend == "faiss":
+        index = retrieval.FaissIndex(bank, args.faiss_index, args.nlist, args.nprobe, args.seed)
+        sims, nn = index.search(q, args.k)
+        what = f"faiss {args.faiss_index}" + (f" (nlist {index.nlist}, nprobe {index.index.nprobe})"
+                                              if args.faiss_index == "ivf" else "")
+    else:
+        sims, nn = retrieval.exact_search(q, bank, args.k)
+        what = f"exact ({bank.device.type})"
+    secs = time.time() - t0
+    names = list(idx.get("classes") or [])
+    paths = idx.get("train_paths")
+    labels = torch.as_tensor(idx["train_labels"])
+    results = []
+    for r, path in enumerate(args.query):
+        hits = [dict(rank=j + 1, index=int(i), similarity=float(s), cls=retrieval.class_text(labels[int(i)], names),
+                     path=paths[int(i)] if paths else None) for j, (s, i) in enumerate(zip(sims[r], nn[r]))]
+        results.append(dict(query=path, neighbours=hits))
+        print(f"query {path}:")
+        for h in hits:
+            print(f"  {h['rank']:3d}  {h['similarity']:.4f}  {h['cls']}  " + (h["path"] or f"train index {h['index']}"))
+    line = f"index: {len(bank)} x {bank.shape[1]} features, {len(args.query)} queries, top {args.k}, {what}, {secs:.3f} s"
+    recall = None
+    if args.recall:
+        exact_sims, exact_nn = retrieval.exact_search(q, bank, args.k)
+        recall = retrieval.recall_at_k(nn, exact_nn, sims, exact_sims)
+        line += f", recall@{args.k} {recall:.4f} against exact"
+    print(line)
+    if args.json:
+        checkpoint.write_text_atomic(args.json, json.dumps(dict(index=args.index, network=args.pretrained[0], k=args.k,
+                                                                backend=what, recall=recall, results=results),
+                                                           indent=1) + "\n", "JSON results")
+        print(f" * results -> '{args.json}'")
+    return results
+
+
+def run(args):
+    check_args(args)
+    torch.set_flush_denormal(True)
+    return index_search(args) if args.index else page(args)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    return exit_on_error(run, args)
+
+
+if __name__ == "__main__":
+    main()
