@@ -166,7 +166,9 @@ def file_source(args, path, data, labels, names):
         if n != have:
             raise UserError(f"{what} {have} {s} images, the {s} split here has {n} (another dataset or subset: "
                             "--train-subset / --test-subset as when it was written)")
-        if not torch.equal(torch.as_tensor(f[f"{s}_labels"]).reshape(labels[s].shape).to(labels[s].dtype), labels[s]):
+        theirs = torch.as_tensor(f[f"{s}_labels"])
+        theirs = theirs.eq(1) if theirs.dim() == 2 else theirs.long()  # as labels_of reads them
+        if theirs.shape != labels[s].shape or not torch.equal(theirs, labels[s]):
             raise UserError(f"{what} images whose {s} labels differ from this dataset's (another dataset, subset "
                             "or class order)")
         paths = f.get(f"{s}_paths")

@@ -85,8 +85,8 @@ class FaissIndex:
                 raise UserError(f"--nlist {nlist}: must be in 1..{n} (the bank's size)")
             quantizer = faiss.IndexFlatIP(d)
             self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            # k-means on a seeded sample (FAISS itself samples 256 points per cell at most)
-            m = min(n, train_size or 64 * nlist)
+            # k-means on a seeded sample of 40 points per cell
+            m = min(n, train_size or 40 * nlist)  # FAISS wants >= 39 per cell
             pick = np.random.default_rng(seed).choice(n, m, replace=False) if m < n else np.arange(n)
             self.index.cp.seed = seed
             self.index.train(x[np.sort(pick)])

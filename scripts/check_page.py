@@ -29,7 +29,7 @@ def chromium(exe, *args):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-def check(page, screenshot, width=1500, height=1400):
+def check(page, screenshot, width=1800, height=1400):
     """(images, broken, colours) of `page`; raises SystemExit(2) with one line on any failure."""
     def fail(msg):
         print(f"check_page: error: {msg}", file=sys.stderr)
