@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms
 
 from datasets import num_classes as classes_of, registry
-from lib import checkpoint, export, features, knn, report, retrieval
+from lib import amp, checkpoint, export, features, knn, report, retrieval
 from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
 
@@ -289,9 +289,7 @@ def knn_text(s, labels, num_classes, args):
 
 def page(args):
     old = check_out(args)
-    autocast = None
-    if args.amp != "off":
-        autocast = torch.autocast(device_of(args).type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
+    autocast = amp.autocast_for(args.amp, device_of(args).type)
     data = open_splits(args, registry.eval_transform(args.dataset))
     retrieval.check_k(args.k, len(data["train"]))
     labels = {s: labels_of(data[s]) for s in data}
@@ -389,7 +387,7 @@ def index_search(args):
     retrieval.check_k(args.k, len(bank))
     tf = query_transform(dataset)
     imgs = torch.stack([tf(read_image(p)) for p in args.query])
-    with torch.no_grad():
+    with torch.no_grad(), amp.autocast_or_nothing(amp.autocast_for(args.amp, device_of(args).type)):
         q = retrieval.normalize(model(imgs.to(device_of(args))))
     t0 = time.time()
     if args.backend == "faiss":

@@ -234,6 +234,9 @@ def _run(args, make_task):
         check_banks_agree(bank, epoch)
         res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
         stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
+        if device.type == "cuda":  # the epoch's peak, for scripts/gpu_check.py
+            stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.reset_peak_memory_stats(device)
         print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
         rngs = du.all_gather_object(rng_state())
         if du.is_main_process():

@@ -28,6 +28,11 @@ SETTINGS = {  # name: (B, K, N, D, backbone, image size)
     "k65536": (256, 65536, 1_281_167, 128, None, None),
     "softmax-1.28M": (256, 0, 1_281_167, 128, None, None),
     "softmax-cifar": (128, 0, 50_000, 128, "ResNet18", 32),
+    # the bank steps at ImageNet size against the ResNet-50 step (scripts/gpu_check.py)
+    "imagenet-r50": (256, 4096, 1_281_167, 128, "resnet50", 224),
+    "k65536-r50": (256, 65536, 1_281_167, 128, "resnet50", 224),
+    "softmax-1.28M-r50": (256, 0, 1_281_167, 128, "resnet50", 224),
+    "toy": (16, 64, 2_000, 128, "ResNet10", 32),  # gpu_check.py --dry-run on the CPU
 }
 
 
@@ -134,6 +139,7 @@ def main():
     p.add_argument("--backbone-reps", default=3, type=int)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-baseline", action="store_true", help="skip the per-sample-gather baseline")
+    p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -145,6 +151,7 @@ def main():
     hdr = f"{'setting':14s} {'B':>4s} {'K':>6s} {'N':>9s} | {'backbone':>9s} | {'npid bank':>9s} {'ratio':>6s} {'peak MB':>8s} | {'baseline':>9s} {'ratio':>6s} {'peak MB':>8s}"
     print(hdr)
     print("-" * len(hdr))
+    rows = []
     for s in settings:
         B, K, N, D, arch, _ = SETTINGS[s]
         bb = child("backbone", s, a.backbone_reps, a.device, 1800)["time"] if arch else None
@@ -158,6 +165,15 @@ def main():
             return f"{1000 * r['time']:7.1f}ms {ratio:>6s} {r['mem'] / 2**20:8.1f}"
         bbs = f"{1000 * bb:7.1f}ms" if bb else f"{'-':>9s}"
         print(f"{s:14s} {B:4d} {K:6d} {N:9d} | {bbs} | {cols(ours)} | {cols(base)}", flush=True)
+        if ours is not None:
+            rows.append(dict(setting=s, B=B, K=K, N=N, backbone=arch, backbone_ms=1000 * bb if bb else None,
+                             bank_ms=1000 * ours["time"], ratio=ours["time"] / bb if bb else None,
+                             bank_peak_mb=ours["mem"] / 2**20))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if len(rows) < len(settings):
+        sys.exit(f"bench_bank: {len(settings) - len(rows)} of {len(settings)} settings failed")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,20 @@ def call(fn, capsys, *argv):
 
 
 TINY = ["--arch", "ResNet10", "--width", "8", "-j", "0", "-p", "1"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None, help="run tests/test_device.py on this device (cpu, cuda, cuda:N); "
+                     "without it those tests are skipped (scripts/gpu_check.sh runs them on CUDA)")
+
+
+@pytest.fixture
+def device(request):
+    d = request.config.getoption("--device")
+    if d is None:
+        pytest.skip("the device tests run with --device cpu|cuda (scripts/gpu_check.sh: on CUDA)")
+    if d.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            pytest.fail(f"--device {d}: no CUDA device here")
+    return d

@@ -1,0 +1,335 @@
+"""Everything GPU in one run (scripts/gpu_check.sh calls this): device and versions, the device tests,
+numerics of bf16 / fp16 against fp32, training speed of a CIFAR-size epoch under each speed option,
+the bank step at ImageNet size against the ResNet-50 step, and kNN over a 1.28M bank. Each stage is
+timed and bounded; OUT/gpu_check.json and OUT/gpu_check.md are rewritten after every stage, so a run
+cut short still leaves what it measured. --dry-run: every stage at toy sizes on the CPU."""
+import argparse
+import json
+import os
+import pickle
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# sizes: (real GPU run, --dry-run on the CPU)
+SIZES = {
+    "numerics_steps": (50, 3),
+    "cifar_images": (50_000, 256), "cifar_subset": (12_800, 128), "cifar_arch": ("ResNet18", "ResNet10"),
+    "cifar_width": (64, 8),
+    "cifar_nce_k": (4096, 64), "cifar_batch": (128, 64),
+    "loader_workers": ((4, 8, 16), (1,)),
+    "bank": ("imagenet-r50,k65536-r50,softmax-1.28M-r50", "toy"),
+    "knn": ((10_000, 1_281_167), (200, 20_000)),
+    "test_select": (None, "fp32"),  # the device tests: all, or one option on the CPU
+}
+# seconds per stage on an H100-class GPU (about 7 minutes in all); never beyond the whole run's --limit-s
+STAGE_TIMEOUT_S = {"env": 30, "tests": 150, "numerics": 40, "bank": 80, "knn": 40, "speed": 170}
+
+
+class Report:
+    def __init__(self, out, dry):
+        self.out, self.dry = out, dry
+        self.data = {"dry_run": dry, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": {}}
+        os.makedirs(out, exist_ok=True)
+
+    def stage(self, name, result):
+        self.data["stages"][name] = result
+        self.write()
+        status = result.get("status")
+        print(f"gpu_check: stage {name}: {status} ({result.get('seconds', 0):.0f} s)", flush=True)
+
+    def write(self):
+        for name, text in (("gpu_check.json", json.dumps(self.data, indent=1, sort_keys=True) + "\n"),
+                           ("gpu_check.md", markdown(self.data))):
+            tmp = os.path.join(self.out, "." + name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, os.path.join(self.out, name))
+
+
+def markdown(d):
+    s = d["stages"]
+    lines = [f"# gpu_check ({'dry run on the CPU, toy sizes' if d['dry_run'] else 'CUDA'}), {d['started']}", ""]
+    env = s.get("env", {})
+    for k in ("device", "driver", "torch", "cuda", "cudnn", "python", "cpu_cores"):
+        if k in env:
+            lines.append(f"- {k}: {env[k]}")
+    t = s.get("tests")
+    if t:
+        lines += ["", f"## Device tests: {t.get('passed', 0)} passed, {t.get('failed', 0)} failed, {t.get('skipped', 0)} skipped", ""]
+        lines += [f"- FAILED {n}" for n in t.get("failures", [])]
+    n = s.get("numerics")
+    if n and n.get("rows"):
+        lines += ["", f"## Numerics: {n['steps']} NPID steps from one start, against fp32", "",
+                  "| amp | final loss | fp32 loss | max abs loss diff | bank rel. drift | bank dtype |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['amp']} | {r['loss']:.5f} | {r['loss_fp32']:.5f} | {r['max_loss_diff']:.2e} | "
+                  f"{r['bank_rel_drift']:.2e} | {r['bank_dtype']} |" for r in n["rows"]]
+    sp = s.get("speed")
+    if sp and sp.get("rows"):
+        lines += ["", f"## CIFAR-size epoch ({sp['images']} images, {sp['arch']}, NCE {sp['nce_k']}, B={sp['batch']}; "
+                  f"timed on {sp['subset']} of them)", "",
+                  "| setting | images/s | s/epoch | peak GPU MB | status |", "|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r.get('images_per_s', 0):.0f} | {r.get('epoch_s', 0):.1f} | "
+                  f"{r.get('peak_mb', 0):.0f} | {r['status']} |" for r in sp["rows"]]
+    b = s.get("bank")
+    if b and b.get("rows"):
+        lines += ["", "## The bank step against the backbone step", "",
+                  "| setting | backbone ms | bank ms | ratio | bank peak MB |", "|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['backbone_ms']:.1f} | {r['bank_ms']:.2f} | {r['ratio']:.3f} | {r['bank_peak_mb']:.0f} |"
+                  for r in b["rows"]]
+    k = s.get("knn")
+    if k and "queries" in k:
+        lines += ["", f"## kNN: {k['queries']} queries over {k['bank']} x 128", "",
+                  f"- chunked kNN {k['knn_s']:.2f} s, bare matrix products {k['bare_s']:.2f} s, ratio {k['ratio']:.2f}"]
+    lines += ["", d.get("summary", "(unfinished)"), ""]
+    return "\n".join(lines)
+
+
+def timed(fn, *a):
+    t = time.time()
+    try:
+        r = fn(*a)
+        r.setdefault("status", "ok")
+    except Exception as e:  # a stage that breaks is reported, the next one still runs
+        r = {"status": "failed", "error": f"{type(e).__name__}: {str(e)[-800:]}"}
+    r["seconds"] = time.time() - t
+    return r
+
+
+def size(key, dry):
+    return SIZES[key][1 if dry else 0]
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+def stage_env(a):
+    d = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+         "cpu_cores": os.cpu_count(), "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+    if torch.cuda.is_available():
+        d["device"] = torch.cuda.get_device_name(0)
+        d["memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        try:
+            d["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            d["driver"] = "?"
+    else:
+        d["device"] = f"cpu ({platform.processor() or platform.machine()}, torch capability "\
+                      f"{torch.backends.cpu.get_cpu_capability()})"
+    return d
+
+
+def stage_tests(a):
+    xml = os.path.join(a.work, "tests.xml")
+    sel = size("test_select", a.dry_run)
+    import importlib.util
+    parallel = ["-n", "4"] if not a.dry_run and importlib.util.find_spec("xdist") else []  # tiny nets: 4 share the GPU
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device.py", "--device", a.device,
+           f"--junitxml={xml}", "-o", "addopts=", *parallel] + (["-k", f"cifar_on_device and {sel}"] if sel else [])
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.stage_timeout("tests"))
+        tail = r.stdout[-1500:]
+    except subprocess.TimeoutExpired:
+        tail = "timed out"
+    if not os.path.isfile(xml):
+        return {"status": "failed", "error": tail}
+    import xml.etree.ElementTree as ET
+    cases = ET.parse(xml).getroot().iter("testcase")
+    passed = failed = skipped = 0
+    failures = []
+    for c in cases:
+        if c.find("failure") is not None or c.find("error") is not None:
+            failed += 1
+            msg = (c.find("failure") if c.find("failure") is not None else c.find("error")).get("message", "")
+            failures.append(f"{c.get('name')}: {msg[:200]}")
+        elif c.find("skipped") is not None:
+            skipped += 1
+        else:
+            passed += 1
+    return {"status": "ok" if not failed and passed else "failed", "passed": passed, "failed": failed,
+            "skipped": skipped, "failures": failures, "tail": tail[-600:]}
+
+
+def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64):
+    """(losses, bank, bank dtype) of `steps` NPID steps (NCE 1024) from one seeded start."""
+    import models
+    from lib.methods import NPID
+    from lib.NCEAverage import NCEAverage
+    from lib.amp import autocast_for, autocast_or_nothing
+    torch.manual_seed(0)
+    model = models.__dict__[arch](low_dim=128, width=width).to(device)
+    bank = NCEAverage(128, n, min(4096, n // 2), 0.07, 0.5).to(device)
+    method = NPID(bank).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    scaler = torch.amp.GradScaler(torch.device(device).type) if amp == "fp16" else None
+    autocast = autocast_for(amp, torch.device(device).type)
+    losses = []
+    for s in range(steps):
+        idx = torch.randperm(n, generator=g)[:batch]
+        x = images[idx].to(device)
+        torch.manual_seed(100 + s)  # the negatives: the same draw in every precision
+        loss = method(model, x, idx.to(device), autocast)
+        opt.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        method.update()
+        losses.append(float(loss.detach()))
+    with autocast_or_nothing(None):
+        return losses, bank.memory.detach().float().cpu().clone(), bank.memory.dtype
+
+
+def stage_numerics(a):
+    steps, arch = size("numerics_steps", a.dry_run), size("cifar_arch", a.dry_run)
+    kw = dict(n=256, batch=16, width=8) if a.dry_run else {}  # the CPU's fp16 convolutions are slow
+    ref_losses, ref_bank, _ = npid_steps(arch, "off", steps, a.device, **kw)
+    rows = []
+    for amp in ("bf16", "fp16"):
+        losses, bank, dtype = npid_steps(arch, amp, steps, a.device, **kw)
+        rows.append(dict(amp=amp, loss=losses[-1], loss_fp32=ref_losses[-1],
+                         max_loss_diff=float(np.max(np.abs(np.array(losses) - np.array(ref_losses)))),
+                         bank_rel_drift=float((bank - ref_bank).norm() / ref_bank.norm()), bank_dtype=str(dtype)))
+    ok = all(r["bank_dtype"] == "torch.float32" and np.isfinite(r["loss"]) for r in rows)
+    return {"status": "ok" if ok else "failed", "steps": steps, "rows": rows}
+
+
+def write_cifar(root, n_train, n_test=1000):
+    """CIFAR-10 python batches of random 32-px images (the format cifar.py reads)."""
+    rng = np.random.default_rng(0)
+    d = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(d, exist_ok=True)
+    per = n_train // 5
+    batches = {f"data_batch_{i}": per for i in range(1, 6)}
+    batches["test_batch"] = n_test
+    for name, n in batches.items():
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}, f)
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return root
+
+
+def stage_speed(a):
+    n, sub = size("cifar_images", a.dry_run), size("cifar_subset", a.dry_run)
+    arch, k, b = size("cifar_arch", a.dry_run), size("cifar_nce_k", a.dry_run), size("cifar_batch", a.dry_run)
+    data = write_cifar(os.path.join(a.work, "cifar"), n)
+    settings = [(f"PIL loader -j {j}", ["-j", str(j)]) for j in size("loader_workers", a.dry_run)]
+    gpu = ["-j", "2", "--gpu-aug"]
+    settings += [("--gpu-aug", gpu), ("--gpu-aug --amp bf16", gpu + ["--amp", "bf16"]),
+                 ("--gpu-aug --channels-last", gpu + ["--channels-last"]),
+                 ("--gpu-aug --amp bf16 --channels-last", gpu + ["--amp", "bf16", "--channels-last"])]
+    if not a.dry_run:  # inductor's first compile on a CPU takes minutes: the device tests cover --compile there
+        settings.append(("--gpu-aug --amp bf16 --channels-last --compile", gpu + ["--amp", "bf16", "--channels-last", "--compile"]))
+    rows, deadline = [], time.time() + a.stage_timeout("speed")
+    for name, extra in settings:
+        left = deadline - time.time()
+        if left < 5:
+            rows.append({"setting": name, "status": "not run (stage time spent)"})
+            continue
+        ck = os.path.join(a.work, "speed-" + re.sub(r"\W+", "_", name))
+        cmd = [sys.executable, "cifar.py", "--data", data, "--train-subset", str(sub), "--test-subset", "500",
+               "--arch", arch, "--width", str(size("cifar_width", a.dry_run)), "--nce-k", str(k), "-b", str(b),
+               "--epochs", "2", "--retrievals", "0", "-p", "1000",
+               "--device", a.device, "--no-download", "--checkpoint-dir", ck, "--no-auto-resume", *extra]
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            rows.append({"setting": name, "status": "timed out"})
+            continue
+        if r.returncode:
+            rows.append({"setting": name, "status": "failed", "error": r.stderr.strip()[-400:]})
+            continue
+        logs = [json.loads(l) for l in open(os.path.join(ck, "log.txt")) if l.strip()]
+        ep = [l for l in logs if "epoch_time" in l]
+        t = ep[-1]["epoch_time"]  # the second epoch: compile and cudnn autotuning are done by then
+        rows.append({"setting": name, "status": "ok", "images_per_s": sub / t, "epoch_s": t * n / sub,
+                     "peak_mb": ep[-1].get("peak_gpu_mb", 0)})
+    ok = all(r["status"] == "ok" for r in rows)
+    epoch = min((r["epoch_s"] for r in rows if r["status"] == "ok"), default=float("nan"))
+    return {"status": "ok" if ok else "failed", "rows": rows, "images": n, "subset": sub,
+            "arch": f"{arch} width {size('cifar_width', a.dry_run)}", "nce_k": k,
+            "batch": b, "best_epoch_s": epoch}
+
+
+def stage_bank(a):
+    cmd = [sys.executable, "scripts/bench_bank.py", "--settings", size("bank", a.dry_run), "--device", a.device,
+           "--no-baseline", "--reps", "3" if a.dry_run else "10", "--json", os.path.join(a.work, "bank.json")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.stage_timeout("bank"))
+    if r.returncode:
+        return {"status": "failed", "error": r.stderr.strip()[-600:]}
+    rows = json.load(open(os.path.join(a.work, "bank.json")))
+    ratio = max((x["ratio"] for x in rows if x.get("ratio") is not None), default=float("nan"))
+    return {"rows": rows, "max_ratio": ratio}
+
+
+def stage_knn(a):
+    q, n = size("knn", a.dry_run)
+    out = {}
+    for which in ("ours", "bare"):
+        cmd = [sys.executable, "scripts/bench_knn.py", "--queries", str(q), "--bank", str(n), "--device", a.device,
+               "--child", which]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.stage_timeout("knn"))
+        if r.returncode:
+            return {"status": "failed", "error": r.stderr.strip()[-600:]}
+        out[which] = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"queries": q, "bank": n, "knn_s": out["ours"]["time"], "bare_s": out["bare"]["time"],
+            "ratio": out["ours"]["time"] / out["bare"]["time"], "peak_mb": out["ours"]["peak"] / 2**20}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dry-run", action="store_true", help="every stage at toy sizes on the CPU")
+    p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "checkpoints", "gpu_check"))
+    p.add_argument("--stages", default="env,tests,numerics,bank,knn,speed")
+    p.add_argument("--limit-s", default=480, type=float, help="the whole run's time limit (each stage stops within it)")
+    a = p.parse_args(argv)
+    if not a.dry_run and not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA device here (torch.cuda.is_available() is False); "
+              "--dry-run runs the stages on the CPU at toy sizes", file=sys.stderr)
+        return 2
+    a.device = "cpu" if a.dry_run else "cuda"
+    deadline = time.time() + a.limit_s - 5  # 5 s to write the report
+    a.stage_timeout = lambda s: max(1.0, min(STAGE_TIMEOUT_S[s], deadline - time.time()))
+    rep = Report(a.out, a.dry_run)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        a.work = work
+        for name in a.stages.split(","):
+            if deadline - time.time() < 5:
+                rep.stage(name, {"status": "not run (the time limit was spent)"})
+                continue
+            fn = {"env": stage_env, "tests": stage_tests, "numerics": stage_numerics, "speed": stage_speed,
+                  "bank": stage_bank, "knn": stage_knn}[name]
+            rep.stage(name, timed(fn, a))
+    st = rep.data["stages"]
+    ok = sum(1 for s in st.values() if s.get("status") == "ok")
+    failed = len(st) - ok
+    tests = st.get("tests", {})
+    rep.data["summary"] = (f"gpu_check: ok={ok} failed={failed} tests={tests.get('passed', 0)}/"
+                           f"{tests.get('passed', 0) + tests.get('failed', 0)} "
+                           f"cifar_epoch_s={st.get('speed', {}).get('best_epoch_s', float('nan')):.1f} "
+                           f"imagenet_bank_ratio={st.get('bank', {}).get('max_ratio', float('nan')):.3f} "
+                           f"seconds={time.time() - t0:.0f}")
+    rep.write()
+    print(f"gpu_check: wrote {os.path.join(a.out, 'gpu_check.json')} and gpu_check.md")
+    print(rep.data["summary"])
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
