@@ -11,7 +11,10 @@ feature files (--export-features, --save-features) or checkpoints, and raw pixel
 import argparse
 import json
 import os
+import re
 import time
+
+import numpy as np
 
 import torch
 from PIL import Image
@@ -19,6 +22,7 @@ from torchvision import transforms
 
 from datasets import num_classes as classes_of, registry
 from lib import amp, checkpoint, export, features, knn, report, retrieval
+from lib import dist as du
 from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
 
@@ -74,7 +78,6 @@ def get_args(argv=None):
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
     args = p.parse_args(argv)
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return args
 
 
@@ -96,9 +99,19 @@ def check_args(args):
         if len(args.pretrained) > 1 or args.features or args.compare:
             raise UserError("--index searches one feature file with one network: give one --pretrained, "
                             "no --features / --compare")
+        if args.save_features or args.map or args.projector or args.queries or args.names:
+            raise UserError("--save-features, --map, --projector, --queries and --names make a page: not with --index")
+        if args.json and os.path.isdir(args.json):
+            raise UserError(f"--json '{args.json}' is a folder")
     else:
         if args.query:
             raise UserError("--query goes with --index FILE (a feature file to search)")
+        given = {k for k, v in (("--json", args.json), ("--recall", args.recall), ("--backend faiss", args.backend == "faiss"),
+                                ("--faiss-index ivf", args.faiss_index != "flat"), ("--nlist", args.nlist is not None)) if v}
+        if given:
+            raise UserError(f"{', '.join(sorted(given))}: options of --index searches, not of the page")
+        if args.save_features and not args.save_features.endswith(".pt"):
+            raise UserError(f"--save-features '{args.save_features}': give a .pt name (its .npz twin is written beside it)")
         if not (args.pretrained or args.features or args.compare):
             raise UserError("give the features: --pretrained CKPT, --features FILE or --compare FILE")
         if args.dataset == "imagenet" and not args.root:
@@ -227,7 +240,7 @@ def pick_queries(args, val):
         by_path = {os.path.realpath(p): i for i, (p, _) in enumerate(val.samples)}
     out = []
     for q in args.queries:
-        if q.isdigit() and int(q) < n:
+        if q.isdecimal() and q.isascii() and int(q) < n:
             out.append(int(q))
         elif os.path.realpath(q) in by_path:
             out.append(by_path[os.path.realpath(q)])
@@ -238,9 +251,32 @@ def pick_queries(args, val):
 
 # --- the page ---------------------------------------------------------------------------------
 
+PAGE_FILES = ("index.html", "retrieve.json", "map.png", "screenshot.png")  # the page's own names in --out
+THUMB = re.compile(r"thumbs/(train|val)-\d+\.(png|jpg)")
+
+
+def own_files(out, manifest):
+    """The files of an earlier page that a rerun may replace: the manifest's entries that are plain
+    files inside `out` (no '..', no link), never anything a forged or stale manifest names elsewhere."""
+    root = os.path.realpath(out)
+    mine = set()
+    for f in manifest.get("files", []) if isinstance(manifest, dict) else []:
+        p = os.path.join(out, str(f))
+        if os.path.islink(p) or os.path.realpath(p) != os.path.join(root, os.path.normpath(str(f))) \
+                or not os.path.realpath(p).startswith(root + os.sep):
+            continue
+        mine.add(os.path.normpath(str(f)))
+    return mine
+
+
+def inside(path, folder):
+    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
+
+
 def check_out(args):
     """The page's folder: new, empty, or one retrieve.py wrote (its retrieve.json): never a folder of
-    other files, and never a given file's folder contents replaced."""
+    other files; no input among the files it writes; --save-features never onto the page's own files.
+    Returns the earlier page's own files (relative to --out)."""
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out '{out}' is a file, not a folder")
@@ -253,21 +289,27 @@ def check_out(args):
                 old = json.load(f)
         except (OSError, ValueError):
             raise UserError(f"--out '{out}': its retrieve.json is unreadable; give a new or empty folder") from None
+    mine = own_files(out, old)
+    page = [os.path.join(out, f) for f in PAGE_FILES]
     given = [p for p in [*args.pretrained, args.features, *args.compare] if p]
-    mine = {os.path.realpath(os.path.join(out, f)) for f in old.get("files", [])}
     for p in given:
-        if os.path.realpath(p) in mine or os.path.realpath(p).startswith(os.path.realpath(os.path.join(out, "thumbs")) + os.sep):
-            raise UserError(f"'{p}' lies among the files this page replaces in '{out}'; move it out, or give another --out")
+        if os.path.realpath(p) in {os.path.realpath(x) for x in page} or inside(p, os.path.join(out, "thumbs")) \
+                or inside(p, os.path.join(out, "tb")):
+            raise UserError(f"'{p}' lies among the files this page writes in '{out}'; move it out, or give another --out")
     if args.save_features:
         sf = os.path.realpath(args.save_features)
         if sf in {os.path.realpath(p) for p in given}:
             raise UserError(f"--save-features '{args.save_features}' is one of the inputs")
-        npz = os.path.splitext(sf)[0] + ".npz"
-        for f in (sf, npz):
-            if os.path.exists(f) and f not in mine:
-                raise UserError(f"--save-features: '{f}' exists; give a new name (only this page's own files are replaced)")
+        if sf in {os.path.realpath(x) for x in page} or inside(sf, os.path.join(out, "thumbs")) \
+                or inside(sf, os.path.join(out, "tb")):
+            raise UserError(f"--save-features '{args.save_features}' is one of the page's own files; give another name")
+        for f in (sf, os.path.splitext(sf)[0] + ".npz"):
+            rel = os.path.relpath(f, os.path.realpath(out))
+            if os.path.exists(f) and not (inside(f, out) and rel in mine):
+                raise UserError(f"--save-features: '{f}' exists; give a new name (only files of this page's "
+                                "earlier run in --out are replaced)")
     checkpoint.check_writable_dir(out, "--out")
-    return old
+    return mine
 
 
 def save_features(args, s, data, labels):
@@ -288,7 +330,7 @@ def knn_text(s, labels, num_classes, args):
 
 
 def page(args):
-    old = check_out(args)
+    mine = check_out(args)
     autocast = amp.autocast_for(args.amp, device_of(args).type)
     data = open_splits(args, registry.eval_transform(args.dataset))
     retrieval.check_k(args.k, len(data["train"]))
@@ -316,7 +358,8 @@ def page(args):
     notes = [f"{len(data['train'])} training and {len(data['val'])} val images; cosine similarity; queries "
              + (f"given (--queries)" if args.queries else f"drawn with seed {args.seed}")
              + ("; raw pixels at 32 x 32" if args.dataset not in registry.SMALL and not args.no_raw else ""),
-             "sources: " + "; ".join(f"{s['name']}: {s['path'] or 'the [0, 1] pixels'}" for s in sources)]
+             "sources: " + "; ".join(s["name"] if s["name"] == s["path"] else f"{s['name']}: {s['path'] or 'the [0, 1] pixels'}"
+                                     for s in sources)]
     retrieval.write_page(args.out, title, notes, sources, queries, labels["val"], labels["train"], names, thumbs,
                          pixelated=args.dataset in registry.SMALL)
     files += ["index.html"] + list(thumbs.written.values())
@@ -333,12 +376,13 @@ def page(args):
         export.projector(os.path.join(args.out, "tb"), sources[0]["val"][pick],
                          lab if lab.dim() == 1 else lab.float().argmax(1), imgs, names)
         print(f" * projector: tensorboard --logdir {os.path.join(args.out, 'tb')}")
-    for f in set(old.get("files", [])) - set(files):  # thumbnails of the last page that this one does not show
-        p = os.path.join(args.out, f)
-        if f.startswith("thumbs/") and os.path.isfile(p):
-            os.remove(p)
-    rel = [os.path.relpath(f, args.out) if os.path.isabs(f) or f.startswith(args.out) else f for f in files]
-    retrieval.write_manifest(args.out, dict(files=sorted(set(rel)), dataset=args.dataset, k=args.k, queries=queries,
+    rel = {f if not os.path.isabs(f) and f in ("index.html", "map.png") or f.startswith("thumbs/")
+           else os.path.relpath(os.path.realpath(f), os.path.realpath(args.out)) for f in files}
+    rel = {f for f in rel if not f.startswith("..")}  # a --save-features outside --out is not the page's to replace
+    for f in mine - rel:  # the last page's thumbnails and map that this one does not have
+        if THUMB.fullmatch(f) or f == "map.png":
+            os.remove(os.path.join(args.out, f))
+    retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k, queries=queries,
                                             sources=[dict(name=s["name"], path=s["path"], precision=s["precision"],
                                                           knn=s["knn"]) for s in sources]))
     print(f"page: {os.path.join(args.out, 'index.html')} ({len(queries)} queries x {len(sources)} sources x top {args.k}, "
@@ -359,8 +403,15 @@ def query_transform(dataset):
 
 
 def read_image(path):
+    """An image file as 8-bit RGB: 16-bit grey scaled to 8 bits (PIL's convert would clip it to white);
+    32-bit integer or float images are refused, their range is not known."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16"):
+                return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L").convert("RGB")
+            if im.mode in ("I", "F"):
+                raise UserError(f"--query: '{path}' is a 32-bit {'float' if im.mode == 'F' else 'integer'} image "
+                                "of unknown range; save it with 8 (or 16) bits per channel")
             return im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"--query: cannot read '{path}' as an image ({type(e).__name__}: {str(e)[:120]})") from None
@@ -405,9 +456,12 @@ def index_search(args):
     results = []
     for r, path in enumerate(args.query):
         hits = [dict(rank=j + 1, index=int(i), similarity=float(s), cls=retrieval.class_text(labels[int(i)], names),
-                     path=paths[int(i)] if paths else None) for j, (s, i) in enumerate(zip(sims[r], nn[r]))]
+                     path=paths[int(i)] if paths else None) for j, (s, i) in enumerate(zip(sims[r], nn[r])) if i >= 0]
         results.append(dict(query=path, neighbours=hits))
         print(f"query {path}:")
+        if len(hits) < args.k:  # an IVF search finds fewer than K when the probed cells hold fewer images
+            print(f"  note: only {len(hits)} of {args.k} neighbours found in the {args.nprobe} cells searched; "
+                  "raise --nprobe")
         for h in hits:
             print(f"  {h['rank']:3d}  {h['similarity']:.4f}  {h['cls']}  " + (h["path"] or f"train index {h['index']}"))
     line = f"index: {len(bank)} x {bank.shape[1]} features, {len(args.query)} queries, top {args.k}, {what}, {secs:.3f} s"
@@ -427,6 +481,7 @@ def index_search(args):
 
 def run(args):
     check_args(args)
+    args.device = du.resolve_device(args.device)
     torch.set_flush_denormal(True)
     return index_search(args) if args.index else page(args)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import cifar
 from lib import checkpoint
 from lib import data, engine, knn, runs
+from lib import dist as du
 from lib.errors import UserError, exit_on_error
 
 # cifar.py flags this script does not implement: set, they would be silently ignored (or crash)
@@ -41,7 +42,7 @@ def check_args(args):
 
 def train(args):
     check_args(args)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = du.resolve_device(args.device)
     args.world_size, args.rank = 1, 0
     device = torch.device(args.device)
     task = cifar.task(args)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import num_classes as classes_of, registry
-from lib import features, knn, report, svm
+from lib import dist as du, features, knn, report, svm
 from lib.errors import UserError, exit_on_error
 from lib.options import _Parser
 
@@ -120,7 +120,7 @@ def run(args):
         raise UserError("give --pretrained CKPT (or --raw-pixels)")
     if args.dataset == "voc07" and (args.train_subset or args.svm_train_subset or args.test_subset or args.knn):
         raise UserError("--train-subset, --svm-train-subset, --test-subset and --knn apply to single-label datasets")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(du.resolve_device(args.device))
     train, test, mean, std = datasets(args)
     num_classes = 20 if args.dataset == "voc07" else classes_of(train)  # the dataset's, not the subset's labels
     t_train, single = targets_of(train, num_classes)

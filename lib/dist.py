@@ -23,6 +23,26 @@ def is_main_process():
     return get_rank() == 0
 
 
+def resolve_device(name):
+    """--device as a checked string: the default (cuda when present, else cpu), or the given one if it
+    exists here; 'foo', 'cuda' without a GPU or 'cuda:3' on a 2-GPU machine are one UserError line."""
+    from .errors import UserError
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device '{name}' is not a device (cpu, cuda or cuda:N)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif d.type != "cpu":
+        raise UserError(f"--device '{name}': only cpu and cuda are supported")
+    return name
+
+
 def init_distributed_mode(args):
     """Sets args.rank, args.world_size, args.distributed and args.device.
 
@@ -36,10 +56,10 @@ def init_distributed_mode(args):
         local_rank, init = args.rank % max(1, torch.cuda.device_count()), args.dist_url
     else:
         args.rank, args.world_size, args.distributed = 0, 1, False
-        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        args.device = resolve_device(args.device)
         return
     args.distributed = True
-    use_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    use_cuda = resolve_device(args.device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         args.device = f"cuda:{local_rank}"

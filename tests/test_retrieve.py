@@ -298,8 +298,10 @@ def test_bad_input_is_one_line(cifar_dir, cifar100_dir, tiny_ckpt, imagenet_dir,
     one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", tmp_path / "mine", "-j", "0"),
                    "did not write")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    (tmp_path / "exists.pt").write_text("keep")
     one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", tmp_path / "o9", "-j", "0",
-                      "--save-features", tmp_path / "q.png"), "exists")
+                      "--save-features", tmp_path / "exists.pt"), "exists")
+    assert (tmp_path / "exists.pt").read_text() == "keep"
     one_line_error(*e("--index", idx, "--pretrained", tiny_ckpt, "--query", tmp_path / "q.png", "--json", idx),
                    "is one of the inputs")
     one_line_error(*e("--data", cifar_dir, "--out", tmp_path / "o10"), "give the features")
@@ -322,3 +324,71 @@ def test_page_in_headless_chromium(cifar_dir, tiny_ckpt, tmp_path, capsys):
     os.remove(out / "thumbs" / sorted(os.listdir(out / "thumbs"))[0])  # a missing image is found
     with pytest.raises(SystemExit):
         check_page.check(str(out / "index.html"), str(out / "shot2.png"))
+
+
+def test_forged_manifests_and_page_files_are_never_overwritten(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    """The review's cases: a retrieve.json naming files outside --out (by '..' or a link), and
+    --save-features onto the page's own files or as a .npz, never delete or replace a file."""
+    e = lambda *argv: call(retrieve.main, capsys, *argv)[::2]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    forge = tmp_path / "forge"
+    (forge / "thumbs").mkdir(parents=True)
+    os.symlink(tmp_path, forge / "thumbs" / "lnk")
+    (forge / "retrieve.json").write_text(json.dumps({"files": ["thumbs/../../victim.txt", "thumbs/lnk/victim.txt",
+                                                               "../victim.txt"]}))
+    assert page(capsys, cifar_dir, tiny_ckpt, forge, "--no-raw")[0] == 0
+    assert victim.read_text() == "keep"
+    (forge / "retrieve.json").write_text(json.dumps({"files": ["../victim.pt"]}))
+    (tmp_path / "victim.pt").write_text("keep")
+    one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", forge, "-j", "0",
+                      "--save-features", tmp_path / "victim.pt"), "exists")
+    assert (tmp_path / "victim.pt").read_text() == "keep"
+    for bad, msg in ((forge / "index.html", "give a .pt name"), (tmp_path / "x.npz", "give a .pt name"),
+                     (forge / "thumbs" / "f.pt", "one of the page's own files")):
+        one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", forge, "-j", "0",
+                          "--save-features", bad), msg)
+    # a rerun without --map removes the earlier page's map, and keeps --save-features files inside --out
+    out = tmp_path / "p"
+    assert page(capsys, cifar_dir, tiny_ckpt, out, "--map", "--map-points", "20", "--save-features", out / "f.pt")[0] == 0
+    assert page(capsys, cifar_dir, tiny_ckpt, out, "--save-features", out / "f.pt")[0] == 0
+    assert not (out / "map.png").exists() and (out / "f.pt").is_file() and (out / "f.npz").is_file()
+
+
+def test_more_bad_input(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    idx = tmp_path / "idx.pt"
+    assert page(capsys, cifar_dir, tiny_ckpt, tmp_path / "nn", "--save-features", idx, "--no-raw")[0] == 0
+    e = lambda *argv: call(retrieve.main, capsys, *argv)[::2]
+    base = ("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", tmp_path / "o", "-j", "0")
+    one_line_error(*e(*base, "--queries", "\u00b2"), "neither a val index")  # isdigit() but not a number
+    one_line_error(*e(*base, "--device", "foo"), "is not a device")
+    if not torch.cuda.is_available():
+        one_line_error(*e(*base, "--device", "cuda"), "no CUDA device here")
+    one_line_error(*e(*base, "--recall"), "options of --index searches")
+    q = ("--index", idx, "--pretrained", tiny_ckpt, "--query")
+    from datasets import registry
+    img = np.asarray(registry.open_split("cifar10", cifar_dir, True)[7][0])[:, :, 0]
+    Image.fromarray(img.astype(np.float32)).save(tmp_path / "f.tiff")
+    one_line_error(*e(*q, tmp_path / "f.tiff"), "32-bit float image")
+    one_line_error(*e(*q, tmp_path / "f.tiff", "--map"), "not with --index")
+    # 16-bit grey is scaled to 8 bits, as the same image in 8 bits (PIL's convert would clip it to white)
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(img).save(tmp_path / "g8.png")
+    outs = [call(retrieve.main, capsys, *q, tmp_path / p, "-k", "3")[1].splitlines()[1:4] for p in ("g16.png", "g8.png")]
+    assert outs[0] == outs[1]
+
+
+def test_ivf_that_finds_fewer_than_k_says_so(cifar_dir, tiny_ckpt, tmp_path, capsys):
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional dependency")
+    idx = tmp_path / "idx.pt"
+    assert page(capsys, cifar_dir, tiny_ckpt, tmp_path / "nn", "--save-features", idx, "--no-raw")[0] == 0
+    from datasets import registry
+    registry.open_split("cifar10", cifar_dir, True)[7][0].save(tmp_path / "q.png")
+    code, out, err = call(retrieve.main, capsys, "--index", idx, "--pretrained", tiny_ckpt, "--query", tmp_path / "q.png",
+                          "--backend", "faiss", "--faiss-index", "ivf", "--nlist", "100", "--nprobe", "1", "-k", "20",
+                          "--json", tmp_path / "r.json")
+    assert code == 0, err
+    hits = json.loads((tmp_path / "r.json").read_text())["results"][0]["neighbours"]
+    assert all(h["index"] >= 0 for h in hits) and "-1" not in out.split("note:")[0]
+    if len(hits) < 20:
+        assert f"only {len(hits)} of 20 neighbours found" in out
