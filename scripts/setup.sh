@@ -18,7 +18,7 @@ INSTALLER=${NPID_INSTALLER:-auto}
 
 fail() { echo "setup: error: $*" >&2; exit 2; }
 
-MODULES="torch torchvision tensorboard numpy PIL sklearn pytest"
+MODULES="torch torchvision tensorboard numpy PIL sklearn matplotlib pytest"
 imports_ok() {  # prints the versions if $1 finds every module the project needs (without importing torch: fast)
   "$1" - $MODULES <<'PY' 2>/dev/null
 import importlib.metadata as md, importlib.util, sys

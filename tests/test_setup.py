@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 
-STUBS = ["torch", "torchvision", "tensorboard", "numpy", "PIL", "sklearn", "pytest"]
+STUBS = ["torch", "torchvision", "tensorboard", "numpy", "PIL", "sklearn", "matplotlib", "pytest"]
 
 
 def stub_wheel(folder):
