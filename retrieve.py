@@ -103,6 +103,9 @@ def check_args(args):
             raise UserError("--save-features, --map, --projector, --queries and --names make a page: not with --index")
         if args.json and os.path.isdir(args.json):
             raise UserError(f"--json '{args.json}' is a folder")
+        if args.json and os.path.realpath(args.json) in {os.path.realpath(p) for p in [args.index, *args.pretrained,
+                                                                                         *args.query]}:
+            raise UserError(f"--json '{args.json}' is one of the inputs")
     else:
         if args.query:
             raise UserError("--query goes with --index FILE (a feature file to search)")
@@ -132,14 +135,14 @@ def open_splits(args, transform):
     return {"train": open_(True, args.train_subset), "val": open_(False, args.test_subset)}
 
 
-def labels_of(ds):
-    """Long N (one class per image) or bool N x C (VOC: the present classes)."""
-    t = torch.as_tensor(ds.targets)
+def as_labels(targets):
+    """Long N (one class per image) or bool N x C (VOC's 1 / 0 / -1 states: the present classes)."""
+    t = torch.as_tensor(targets)
     return t.eq(1) if t.dim() == 2 else t.long()
 
 
 def class_names(ds, labels):
-    names = list(getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None) or [])
+    names = export.class_names(ds)
     if not names and labels.dim() == 2:
         from datasets.voc import CLASSES
         names = list(CLASSES)
@@ -167,10 +170,11 @@ def checkpoint_source(args, path, data, autocast):
     return dict(train=f["train"], val=f["val"], path=path, sha256=info["sha256"], arch=info["arch"])
 
 
-def file_source(args, path, data, labels, names):
-    """A feature file, checked against the images it is shown with: the same dataset, sizes,
-    labels, class names and (image folders) file names, or one line saying which differs."""
-    f = export.read(path)
+def file_source(args, path, data, labels, names, obj=None):
+    """A feature file (or what was read of it, `obj`), checked against the images it is shown with:
+    the same dataset, sizes, labels, class names and (image folders) file names, or one line saying
+    which differs."""
+    f = export.read(path) if obj is None else export.check(obj, path)
     what = f"'{path}' holds features of"
     if f.get("dataset") and f["dataset"] != args.dataset:
         raise UserError(f"{what} --dataset {f['dataset']}, not of {args.dataset}")
@@ -179,8 +183,7 @@ def file_source(args, path, data, labels, names):
         if n != have:
             raise UserError(f"{what} {have} {s} images, the {s} split here has {n} (another dataset or subset: "
                             "--train-subset / --test-subset as when it was written)")
-        theirs = torch.as_tensor(f[f"{s}_labels"])
-        theirs = theirs.eq(1) if theirs.dim() == 2 else theirs.long()  # as labels_of reads them
+        theirs = as_labels(f[f"{s}_labels"])
         if theirs.shape != labels[s].shape or not torch.equal(theirs, labels[s]):
             raise UserError(f"{what} images whose {s} labels differ from this dataset's (another dataset, subset "
                             "or class order)")
@@ -191,8 +194,7 @@ def file_source(args, path, data, labels, names):
     if f.get("classes") and list(f["classes"]) != names:
         raise UserError(f"{what} classes {list(f['classes'])[:3]}..., this dataset has {names[:3]}...")
     print(f"=> features from '{path}' ({tuple(f['train_features'].shape)} train, {f.get('train_source', '?')})")
-    return dict(train=f["train_features"], val=f["val_features"], path=path, sha256=checkpoint.sha256(path),
-                arch=f.get("arch"))
+    return dict(train=f["train_features"], val=f["val_features"], path=path, arch=f.get("arch"))
 
 
 def raw_source(args, data):
@@ -200,7 +202,7 @@ def raw_source(args, data):
     mean, std = registry.STATS[args.dataset]
     size = None if args.dataset in registry.SMALL else RAW_SIZE
     f = {s: report.pixels(loader(args, data[s]), mean, std, size=size)[0] for s in ("train", "val")}
-    return dict(train=f["train"], val=f["val"], path=None, sha256=None, arch=None)
+    return dict(train=f["train"], val=f["val"], path=None, arch=None)
 
 
 def source_name(path):
@@ -216,10 +218,12 @@ def load_sources(args, data, labels, names, autocast):
         raise UserError(f"--names gives {len(given)} names for {len(specs)} sources (pretrained, features, compare)")
     out = []
     for j, (kind, path) in enumerate(specs):
+        obj = None
         if kind == "any":  # a feature file, else a checkpoint
             obj = checkpoint.load_object(path, prefix="--compare: ")[0]
             kind = "file" if isinstance(obj, dict) and "train_features" in obj else "ckpt"
-        s = checkpoint_source(args, path, data, autocast) if kind == "ckpt" else file_source(args, path, data, labels, names)
+        s = checkpoint_source(args, path, data, autocast) if kind == "ckpt" else \
+            file_source(args, path, data, labels, names, obj)
         s["name"] = given[j] if given else source_name(path)
         out.append(s)
     if not args.no_raw:
@@ -273,6 +277,12 @@ def inside(path, folder):
     return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
 
 
+def page_writes(path, out):
+    """Is `path` one of the files a page writes in `out` (its own names, thumbs/, tb/)?"""
+    return os.path.realpath(path) in {os.path.realpath(os.path.join(out, f)) for f in PAGE_FILES} \
+        or inside(path, os.path.join(out, "thumbs")) or inside(path, os.path.join(out, "tb"))
+
+
 def check_out(args):
     """The page's folder: new, empty, or one retrieve.py wrote (its retrieve.json): never a folder of
     other files; no input among the files it writes; --save-features never onto the page's own files.
@@ -290,18 +300,15 @@ def check_out(args):
         except (OSError, ValueError):
             raise UserError(f"--out '{out}': its retrieve.json is unreadable; give a new or empty folder") from None
     mine = own_files(out, old)
-    page = [os.path.join(out, f) for f in PAGE_FILES]
     given = [p for p in [*args.pretrained, args.features, *args.compare] if p]
     for p in given:
-        if os.path.realpath(p) in {os.path.realpath(x) for x in page} or inside(p, os.path.join(out, "thumbs")) \
-                or inside(p, os.path.join(out, "tb")):
+        if page_writes(p, out):
             raise UserError(f"'{p}' lies among the files this page writes in '{out}'; move it out, or give another --out")
     if args.save_features:
         sf = os.path.realpath(args.save_features)
         if sf in {os.path.realpath(p) for p in given}:
             raise UserError(f"--save-features '{args.save_features}' is one of the inputs")
-        if sf in {os.path.realpath(x) for x in page} or inside(sf, os.path.join(out, "thumbs")) \
-                or inside(sf, os.path.join(out, "tb")):
+        if page_writes(sf, out):
             raise UserError(f"--save-features '{args.save_features}' is one of the page's own files; give another name")
         for f in (sf, os.path.splitext(sf)[0] + ".npz"):
             rel = os.path.relpath(f, os.path.realpath(out))
@@ -318,7 +325,9 @@ def save_features(args, s, data, labels):
                         dataset=args.dataset, train_subset=args.train_subset, test_subset=args.test_subset)
     npz = export.save(out, args.save_features)
     print(f" * features of '{s['path']}' -> '{args.save_features}', '{npz}' (an --index for retrieve.py --query)")
-    return [args.save_features, npz]
+    # the page's own files only when in --out: one outside is never replaced by a rerun
+    return [os.path.relpath(os.path.realpath(p), os.path.realpath(args.out)) for p in (args.save_features, npz)
+            if inside(p, args.out)]
 
 
 def knn_text(s, labels, num_classes, args):
@@ -334,7 +343,7 @@ def page(args):
     autocast = amp.autocast_for(args.amp, device_of(args).type)
     data = open_splits(args, registry.eval_transform(args.dataset))
     retrieval.check_k(args.k, len(data["train"]))
-    labels = {s: labels_of(data[s]) for s in data}
+    labels = {s: as_labels(data[s].targets) for s in data}
     names = class_names(data["train"], labels["train"])
     num_classes = len(names) if labels["train"].dim() == 2 else classes_of(data["train"])
     queries = pick_queries(args, data["val"])
@@ -346,9 +355,10 @@ def page(args):
     for s in sources:
         dev = device_of(args)
         bank, val = s["train"].to(dev), s["val"].to(dev)
-        s["precision"] = retrieval.precision_at_k(val, labels["val"], bank, labels["train"], args.k)
+        sims, idx = retrieval.exact_search(val, bank, args.k)  # every val image: the precision, and the rows shown
+        s["precision"] = retrieval.precision_of(idx, labels["val"], labels["train"])
         s["knn"] = knn_text(dict(s, train=bank, val=val), {k: v.to(dev) for k, v in labels.items()}, num_classes, args)
-        s["sims"], s["idx"] = retrieval.exact_search(val[queries], bank, args.k)
+        s["sims"], s["idx"] = sims[queries], idx[queries]
         print(f"{s['name']}: precision@{args.k}={s['precision']:.2f} knn_top1={s['knn']} ({len(val)} val images)")
     print(f"search: {time.time() - t0:.1f} s")
     raw = {s: registry.open_split(args.dataset, args.root or args.data, s == "train", None, download=True,
@@ -376,9 +386,7 @@ def page(args):
         export.projector(os.path.join(args.out, "tb"), sources[0]["val"][pick],
                          lab if lab.dim() == 1 else lab.float().argmax(1), imgs, names)
         print(f" * projector: tensorboard --logdir {os.path.join(args.out, 'tb')}")
-    rel = {f if not os.path.isabs(f) and f in ("index.html", "map.png") or f.startswith("thumbs/")
-           else os.path.relpath(os.path.realpath(f), os.path.realpath(args.out)) for f in files}
-    rel = {f for f in rel if not f.startswith("..")}  # a --save-features outside --out is not the page's to replace
+    rel = set(files)  # names relative to --out
     for f in mine - rel:  # the last page's thumbnails and map that this one does not have
         if THUMB.fullmatch(f) or f == "map.png":
             os.remove(os.path.join(args.out, f))
@@ -418,8 +426,6 @@ def read_image(path):
 
 
 def index_search(args):
-    if args.json and os.path.realpath(args.json) in {os.path.realpath(p) for p in [args.index, *args.pretrained, *args.query]}:
-        raise UserError(f"--json '{args.json}' is one of the inputs")
     idx = export.read(args.index)
     dataset = idx.get("dataset") or args.dataset
     model, info = features.load_backbone(args.pretrained[0], device=device_of(args))

@@ -20,7 +20,8 @@ def _paths(ds):
     return [p for p, _ in ds.samples] if hasattr(ds, "samples") else None
 
 
-def _classes(ds):
+def class_names(ds):
+    """The class list of a dataset (through subsets), [] if it has none."""
     return list(getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None) or [])
 
 
@@ -31,7 +32,7 @@ def record(train_feats, train_labels, val_feats, val_labels, train_ds, val_ds, *
     out = {"train_features": train_feats.float().cpu(), "train_labels": torch.as_tensor(train_labels),
            "train_indices": torch.arange(len(train_feats)), "val_features": val_feats.float().cpu(),
            "val_labels": torch.as_tensor(val_labels), "val_indices": torch.arange(len(val_feats)),
-           "classes": _classes(val_ds), **meta}
+           "classes": class_names(val_ds), **meta}
     for split, ds in (("train", train_ds), ("val", val_ds)):
         p = _paths(ds)
         if p is not None:
@@ -51,9 +52,13 @@ FIELDS = ("train_features", "train_labels", "val_features", "val_labels")
 
 
 def read(path):
-    """A feature file, checked whole: the four tensors present, as many labels as features, one
-    feature dimension; anything else (empty, truncated, another kind of file) one UserError line."""
-    obj = checkpoint.read(path, "feature file")
+    """A feature file, checked whole (see check); empty, truncated or unreadable: one UserError line."""
+    return check(checkpoint.read(path, "feature file"), path)
+
+
+def check(obj, path):
+    """What was read from `path`, if it is a whole feature file: the four tensors present, as many
+    labels as features, one feature dimension, finite; else one UserError line."""
     if not isinstance(obj, dict) or not all(torch.is_tensor(obj.get(k)) for k in FIELDS):
         raise UserError(f"'{path}' is not a feature file (no train_features, train_labels, val_features, val_labels; "
                         "write one with --export-features or retrieve.py --save-features)")
@@ -96,5 +101,5 @@ def run(args, model, train_feats, task, val_loader, device, autocast, source):
         pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(args.seed))[:k].sort().values
         thumbs = report.denormalize(torch.stack([task.val[i][0] for i in pick.tolist()]), task.mean, task.std).clamp(0, 1)
         log_dir = args.log_dir or os.path.join(args.checkpoint_dir, "tb")
-        projector(log_dir, val[pick], val_labels[pick], thumbs, _classes(task.val))
+        projector(log_dir, val[pick], val_labels[pick], thumbs, class_names(task.val))
         print(f" * projector embedding of {k} val features -> '{log_dir}' (tensorboard --logdir {log_dir})")

@@ -117,18 +117,17 @@ def recall_at_k(approx_idx, exact_idx, approx_sims=None, exact_sims=None, tol=1e
     return float(hits.float().mean()) if hits.numel() else float("nan")
 
 
+def precision_of(idx, q_labels, b_labels):
+    """Percent of the retrieved training images (idx: queries x k) that share their query's class,
+    averaged over every query (the figure of a page is over all val images, not the ones shown)."""
+    hits = same_class(torch.as_tensor(q_labels), torch.as_tensor(b_labels)[idx]).double().mean(1)
+    return 100 * float(hits.sum()) / max(1, len(idx))
+
+
 @torch.no_grad()
 def precision_at_k(query, q_labels, bank, b_labels, k, chunk=QUERY_CHUNK):
-    """Percent of the top-k training neighbours (cosine) that share the query's class, averaged over
-    every query (the figure of a page is over all val images, not the ones shown)."""
-    check_k(k, len(bank))
-    b_labels = torch.as_tensor(b_labels).to(bank.device)
-    q_labels = torch.as_tensor(q_labels).to(bank.device)
-    hits = 0.0
-    for a in range(0, len(query), chunk):
-        _, idx = knn.topk_neighbors(query[a:a + chunk].to(bank.device), bank, k, knn.block_topk)
-        hits += float(same_class(q_labels[a:a + chunk], b_labels[idx]).double().mean(1).sum())
-    return 100 * hits / max(1, len(query))
+    """precision@k of `query` against `bank` by cosine similarity (exact_search, then precision_of)."""
+    return precision_of(exact_search(query, bank, k, chunk)[1], q_labels, b_labels)
 
 
 # --- the page -------------------------------------------------------------------------------

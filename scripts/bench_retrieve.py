@@ -87,7 +87,8 @@ def measure(a, which):
             name = "faiss flat" if p is None else f"faiss ivf nlist {index.nlist} nprobe {p}"
             out.append((name, dt, retrieval.recall_at_k(i, idx_x, s, sims_x), build))
     peak = max(0, rss() - base)
-    return [dict(setting=n, seconds=dt, recall=r, build_s=b, peak=peak) for n, dt, r, b in out]
+    return [dict(setting=n, seconds=dt, recall=r, build_s=b, peak=peak, bank=list(bank.shape), queries=len(q))
+            for n, dt, r, b in out]
 
 
 def main():
@@ -118,16 +119,16 @@ def main():
             if r.returncode:
                 sys.exit(f"bench_retrieve: {which} failed: {r.stderr.strip()[-1500:]}")
             rows += json.loads(r.stdout.strip().splitlines()[-1])
-    bank, q = data(a)
+    nq = rows[0]["queries"]  # the children's data: not drawn (or read) a second time here
     what = f"'{a.features}'" if a.features else f"synthetic ({a.classes} centres, spread {a.spread})"
-    print(f"bank {tuple(bank.shape)} {what}, {len(q)} queries, top {a.k}, threads {torch.get_num_threads()}")
+    print(f"bank {tuple(rows[0]['bank'])} {what}, {nq} queries, top {a.k}, threads {torch.get_num_threads()}")
     bare = next(r["seconds"] for r in rows if r["setting"] == "bare matmul")
     exact = next(r["seconds"] for r in rows if r["setting"] == "exact (torch)")
     print(f"| setting | queries/s | x exact | recall@{a.k} | build s | peak MB beyond bank |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         rec = "-" if r["recall"] is None else f"{r['recall']:.4f}"
-        print(f"| {r['setting']} | {len(q) / r['seconds']:.0f} | {exact / r['seconds']:.2f} | {rec} | "
+        print(f"| {r['setting']} | {nq / r['seconds']:.0f} | {exact / r['seconds']:.2f} | {rec} | "
               f"{r['build_s']:.1f} | {r['peak'] / 2**20:.0f} |")
     print(f"exact / bare matmul: {exact / bare:.2f}x")
 

@@ -20,6 +20,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from lib import checkpoint  # noqa: E402
+
 # sizes: (real GPU run, --dry-run on the CPU)
 SIZES = {
     "numerics_steps": (50, 3),
@@ -48,12 +50,9 @@ class Report:
         print(f"gpu_check: stage {name}: {status} ({result.get('seconds', 0):.0f} s)", flush=True)
 
     def write(self):
-        for name, text in (("gpu_check.json", json.dumps(self.data, indent=1, sort_keys=True) + "\n"),
-                           ("gpu_check.md", markdown(self.data))):
-            tmp = os.path.join(self.out, "." + name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(self.out, name))
+        checkpoint.write_text_atomic(os.path.join(self.out, "gpu_check.json"),
+                                     json.dumps(self.data, indent=1, sort_keys=True) + "\n", "report")
+        checkpoint.write_text_atomic(os.path.join(self.out, "gpu_check.md"), markdown(self.data), "report")
 
 
 def markdown(d):
@@ -164,7 +163,7 @@ def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64):
     import models
     from lib.methods import NPID
     from lib.NCEAverage import NCEAverage
-    from lib.amp import autocast_for, autocast_or_nothing
+    from lib.amp import autocast_for
     torch.manual_seed(0)
     model = models.__dict__[arch](low_dim=128, width=width).to(device)
     bank = NCEAverage(128, n, min(4096, n // 2), 0.07, 0.5).to(device)
@@ -190,8 +189,7 @@ def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64):
             opt.step()
         method.update()
         losses.append(float(loss.detach()))
-    with autocast_or_nothing(None):
-        return losses, bank.memory.detach().float().cpu().clone(), bank.memory.dtype
+    return losses, bank.memory.detach().float().cpu().clone(), bank.memory.dtype
 
 
 def stage_numerics(a):

@@ -389,6 +389,6 @@ def test_ivf_that_finds_fewer_than_k_says_so(cifar_dir, tiny_ckpt, tmp_path, cap
                           "--json", tmp_path / "r.json")
     assert code == 0, err
     hits = json.loads((tmp_path / "r.json").read_text())["results"][0]["neighbours"]
-    assert all(h["index"] >= 0 for h in hits) and "-1" not in out.split("note:")[0]
+    assert all(h["index"] >= 0 for h in hits) and "train index -1" not in out  # (tmp paths may hold '-1')
     if len(hits) < 20:
         assert f"only {len(hits)} of 20 neighbours found" in out
