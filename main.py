@@ -3,7 +3,7 @@ from torchvision import transforms
 
 import models
 from datasets import registry
-from lib import engine, options
+from lib import decode, engine, options
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
 
@@ -17,7 +17,15 @@ def get_args(argv=None):
     p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS, help="ImageNet ResNet")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
-    return options.parse(p, argv)
+    p.add_argument("--decode", default="pil", choices=decode.CHOICES,
+                   help="with --gpu-aug: decode the training JPEGs with PIL in the loader, or on the device "
+                        "(gpu: the loader only reads files and draws the crop box); see lib/decode.py")
+    args = options.parse(p, argv)
+    if args.decode != "pil" and not args.gpu_aug:
+        p.error(f"--decode {args.decode} goes with --gpu-aug (the rest of the augmentation then runs on the device)")
+    if args.decode == "gpu" and args.cld:
+        p.error("--decode gpu decodes one crop per image; --cld's two views need --decode pil")
+    return args
 
 
 def lr_at(epoch, args):
@@ -34,6 +42,8 @@ def task(args):
         transforms.Normalize(MEAN, STD)])
     if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
         train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
+    loader, crop, collate = decode.train_loading(args.decode, 224, (0.2, 1.0))  # --decode gpu
+    train_tf = crop or train_tf
     # the authors' test transform, as their main.py writes it (= registry.eval_transform("imagenet"), tested)
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                   transforms.Normalize(MEAN, STD)])
@@ -42,10 +52,13 @@ def task(args):
     # val's labels are train's indices of the same folder names (not val's own sorted order)
     open_ = lambda train, tf: registry.open_split("imagenet", args.data, train, tf)
     train, val = open_(True, train_tf), open_(False, test_tf)
+    if loader:
+        train.loader = loader
+    augment = GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None
     return engine.Task(train=train, train_eval=open_(True, test_tf),
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
-                       gpu_augment=GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None)
+                       gpu_augment=decode.OnDevice(224, augment) if args.decode == "gpu" else augment, collate=collate)
 
 
 def main(argv=None):

@@ -39,6 +39,7 @@ class Task:
     gpu_augment: Callable = None           # optional batched augmentation on the device
     monitor: str = "knn_top1"              # the per-epoch figure model_best.pth is chosen on
     final_source: str = "recompute"        # what the final figure scores against: recomputed features or the bank
+    collate: Callable = None               # the train loader's collate_fn (main.py --decode gpu), else the default
 
 
 # --- set-up -------------------------------------------------------------------------------

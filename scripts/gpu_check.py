@@ -32,9 +32,10 @@ SIZES = {
     "bank": ("imagenet-r50,k65536-r50,softmax-1.28M-r50", "toy"),
     "knn": ((10_000, 1_281_167), (200, 20_000)),
     "test_select": (None, "fp32"),  # the device tests: all, or one option on the CPU
+    "loader_images": (256, 16),
 }
 # seconds per stage on an H100-class GPU (about 7 minutes in all); never beyond the whole run's --limit-s
-STAGE_TIMEOUT_S = {"env": 30, "tests": 150, "numerics": 40, "bank": 80, "knn": 40, "speed": 170}
+STAGE_TIMEOUT_S = {"env": 30, "tests": 150, "numerics": 40, "bank": 80, "knn": 40, "loader": 40, "speed": 150}
 
 
 class Report:
@@ -89,6 +90,13 @@ def markdown(d):
     if k and "queries" in k:
         lines += ["", f"## kNN: {k['queries']} queries over {k['bank']} x 128", "",
                   f"- chunked kNN {k['knn_s']:.2f} s, bare matrix products {k['bare_s']:.2f} s, ratio {k['ratio']:.2f}"]
+    ld = s.get("loader")
+    if ld and "per_core" in ld:
+        lines += ["", "## The ImageNet loader: images/s per CPU core (scripts/bench_loader.py)", "",
+                  "| path | images/s per core | cores for the ResNet-50 step |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.0f} | {ld.get('cores_needed', {}).get(k, float('nan')):.1f} |" for k, v in ld["per_core"].items()]
+        lines += ["", f"- --decode gpu, the device's part (decode + crop + augmentation): {ld['device_decode_per_s']:.0f} images/s"
+                  + (f"; the ResNet-50 step: {ld['r50_images_per_s']:.0f} images/s" if "r50_images_per_s" in ld else "")]
     lines += ["", d.get("summary", "(unfinished)"), ""]
     return "\n".join(lines)
 
@@ -271,6 +279,7 @@ def stage_bank(a):
     if r.returncode:
         return {"status": "failed", "error": r.stderr.strip()[-600:]}
     rows = json.load(open(os.path.join(a.work, "bank.json")))
+    a.bank_rows = rows  # the loader stage sizes its cores against this ResNet-50 step
     ratio = max((x["ratio"] for x in rows if x.get("ratio") is not None), default=float("nan"))
     return {"rows": rows, "max_ratio": ratio}
 
@@ -289,11 +298,31 @@ def stage_knn(a):
             "ratio": out["ours"]["time"] / out["bare"]["time"], "peak_mb": out["ours"]["peak"] / 2**20}
 
 
+def stage_loader(a):
+    """Loader images/s per core of each ImageNet path on this machine's CPU (scripts/bench_loader.py),
+    --decode gpu's device part on the GPU, and the loader cores a GPU needs at the ResNet-50 step
+    that the bank stage measured."""
+    out = os.path.join(a.work, "loader.json")
+    cmd = [sys.executable, "scripts/bench_loader.py", "--images", str(size("loader_images", a.dry_run)),
+           "--passes", "1" if a.dry_run else "2", "--device", a.device, "--json", out]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.stage_timeout("loader"))
+    if r.returncode:
+        return {"status": "failed", "error": r.stderr.strip()[-600:]}
+    d = json.load(open(out))
+    res = {"per_core": {k: v["images_per_s"] for k, v in d["paths"].items()},
+           "device_decode_per_s": d["device_images_per_s"]}
+    r50 = [x for x in getattr(a, "bank_rows", []) if x.get("backbone_ms") and "r50" in x.get("setting", "")]
+    if r50:  # images/s of the ResNet-50 step at B=256, and the cores each path needs to keep up with it
+        res["r50_images_per_s"] = 256 / (r50[0]["backbone_ms"] / 1e3)
+        res["cores_needed"] = {k: res["r50_images_per_s"] / v for k, v in res["per_core"].items()}
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dry-run", action="store_true", help="every stage at toy sizes on the CPU")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "checkpoints", "gpu_check"))
-    p.add_argument("--stages", default="env,tests,numerics,bank,knn,speed")
+    p.add_argument("--stages", default="env,tests,numerics,bank,knn,loader,speed")
     p.add_argument("--limit-s", default=480, type=float, help="the whole run's time limit (each stage stops within it)")
     a = p.parse_args(argv)
     if not a.dry_run and not torch.cuda.is_available():
@@ -312,7 +341,7 @@ def main(argv=None):
                 rep.stage(name, {"status": "not run (the time limit was spent)"})
                 continue
             fn = {"env": stage_env, "tests": stage_tests, "numerics": stage_numerics, "speed": stage_speed,
-                  "bank": stage_bank, "knn": stage_knn}[name]
+                  "bank": stage_bank, "knn": stage_knn, "loader": stage_loader}[name]
             rep.stage(name, timed(fn, a))
     st = rep.data["stages"]
     ok = sum(1 for s in st.values() if s.get("status") == "ok")

@@ -10,7 +10,7 @@ from conftest import run_script
 
 OPTIONS = {"fp32": [], "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"], "channels-last": ["--channels-last"],
            "compile": ["--compile"], "gpu-aug": ["--gpu-aug"], "cld": ["--cld", "--cld-clusters", "8"],
-           "mlp": ["--head", "mlp"]}
+           "mlp": ["--head", "mlp"], "decode-gpu": ["--gpu-aug", "--decode", "gpu"]}  # decode-gpu: main.py only
 TINY_NET = ["--arch", "ResNet10", "--width", "8", "-j", "0", "-p", "1"]
 
 
@@ -41,7 +41,7 @@ def train_resume_evaluate(script, data, extra, device, tmp_path, epochs=2):
     return r, a
 
 
-@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o != "decode-gpu"])
 def test_cifar_on_device(option, device, cifar_dir, tmp_path):
     data = ["--data", cifar_dir, "-b", "40", "--nce-k", "16", *TINY_NET]
     r, a = train_resume_evaluate("cifar.py", data, OPTIONS[option], device, tmp_path)
@@ -51,7 +51,7 @@ def test_cifar_on_device(option, device, cifar_dir, tmp_path):
     assert final_figure(r.stdout) in ev.stdout  # the printed figure is the saved checkpoint's
 
 
-@pytest.mark.parametrize("option", ["fp32", "bf16", "channels-last", "gpu-aug"])
+@pytest.mark.parametrize("option", ["fp32", "bf16", "channels-last", "gpu-aug", "decode-gpu"])
 def test_main_on_device(option, device, imagenet_dir, tmp_path):
     data = [imagenet_dir, "--arch", "resnet18", "-b", "12", "-j", "0", "--nce-k", "8"]
     train_resume_evaluate("main.py", data, OPTIONS[option], device, tmp_path)
