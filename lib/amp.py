@@ -1,8 +1,27 @@
 """Mixed precision: `--amp off|bf16|fp16` as an autocast factory (None when off), and the one way
-every forward enters it. The memory bank and the losses stay float32."""
+every forward enters it. The memory bank and the losses stay float32. `--amp auto` (training only,
+the CPU recipes' fast path): bf16 on a CPU that computes bfloat16 natively, else off."""
 import contextlib
 
 import torch
+
+
+def cpu_bf16():
+    """The ISA extension this CPU computes bfloat16 with ('amx_bf16', 'avx512_bf16'), or None: where
+    autocast to bfloat16 is faster than float32 (elsewhere it is emulated, and slower)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return next((k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)), None)
+
+
+def resolve(amp, device_type):
+    """(the --amp value to run with, the line that says what auto chose; None unless auto)."""
+    if amp != "auto":
+        return amp, None
+    isa = cpu_bf16() if device_type == "cpu" else None
+    if isa:
+        return "bf16", f"amp: --amp auto -> bf16 (this CPU has {isa}: the CPU fast path, docs/performance.md)"
+    why = "no native bfloat16 on this CPU" if device_type == "cpu" else f"auto is the CPU's fast path; on {device_type} pass --amp bf16|fp16"
+    return "off", f"amp: --amp auto -> off ({why})"
 
 
 def autocast_for(amp, device_type):

@@ -170,7 +170,10 @@ def run(args, make_task):
 def _run(args, make_task):
     du.init_distributed_mode(args)
     device = torch.device(args.device)
+    args.amp, note = amp.resolve(args.amp, device.type)  # --amp auto: what it chose is what is recorded
     print(f"git: {git_sha()}")
+    if note:
+        print(note)
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
     task = make_task()
     n = len(task.train)

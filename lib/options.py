@@ -78,7 +78,8 @@ def parser(description, defaults):
     g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
     g.add_argument("--seed", default=0, type=int)
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the backbone; the bank stays float32")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+                   help="autocast the backbone; the bank stays float32. auto: bf16 on a CPU with native bfloat16, else off")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--gpu-aug", action="store_true", help="augment whole batches on --device (lib/gpu_aug.py) "

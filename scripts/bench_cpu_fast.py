@@ -26,10 +26,13 @@ sys.path.insert(0, ROOT)
 QUICKSTART = ["--dataset", "fashion-mnist", "--train-subset", "10000", "--test-subset", "2000",
               "--arch", "ResNet10", "--width", "16", "--nce-k", "0", "--nce-t", "0.1", "--nce-m", "0.5",
               "--lr", "0.03", "--cos", "--epochs", "40", "-b", "128", "--gpu-aug", "--channels-last"]
+# scripts/fashion_mnist_benchmark.sh's COMMON: all 60k images, 9 epochs (its EPOCHS), weight decay 5e-4
+BENCHMARK = ["--dataset", "fashion-mnist", "--arch", "ResNet10", "--width", "16", "--nce-k", "0", "--nce-t", "0.1",
+             "--nce-m", "0.5", "--lr", "0.03", "--cos", "-b", "128", "--wd", "5e-4", "--epochs", "9", "--gpu-aug",
+             "--channels-last"]
 RECIPES = {
-    "quickstart": (QUICKSTART, 10_000),                          # scripts/quickstart.sh
-    "benchmark": ([f for f in QUICKSTART if f not in ("--train-subset", "10000", "--test-subset", "2000")]
-                  + ["--wd", "5e-4"], 60_000),                   # scripts/fashion_mnist_benchmark.sh (all 60k)
+    "quickstart": (QUICKSTART, 10_000),
+    "benchmark": (BENCHMARK, 60_000),
     "cifar-r18": (["--dataset", "cifar10", "--arch", "ResNet18", "--nce-k", "4096", "-b", "128", "--gpu-aug"], 50_000),
 }
 SETTINGS = {"fp32": [], "bf16": ["--amp", "bf16"], "compile": ["--compile"], "bf16+compile": ["--amp", "bf16", "--compile"]}
@@ -80,21 +83,32 @@ def step_time(recipe, setting, reps, warmup):
             "max_s": max(ts), "warmup_s": first, "batch": args.batch_size}
 
 
-def train(setting, seed, out, epochs, py):
-    """The quick start's cifar.py run under `setting` and `seed`; its final kNN and epoch times."""
-    d = os.path.join(out, f"{setting}_seed{seed}")
-    flags = QUICKSTART + SETTINGS[setting] + ["--data", os.path.join(ROOT, "data"), "-j", "1", "--seed", str(seed),
+def run_dir(out, recipe, setting, seed):
+    return os.path.join(out, ("" if recipe == "quickstart" else recipe + "_") + f"{setting}_seed{seed}")
+
+
+def train(recipe, setting, seed, out, epochs, py):
+    """The recipe's cifar.py run under `setting` and `seed`; its final kNN and epoch times."""
+    d = run_dir(out, recipe, setting, seed)
+    flags = RECIPES[recipe][0] + SETTINGS[setting] + ["--data", os.path.join(ROOT, "data"), "-j", "1", "--seed", str(seed),
                                               "--retrievals", "0", "-p", "1000", "--no-auto-resume", "--checkpoint-dir", d]
-    if epochs:
+    if epochs:  # the last --epochs wins
         flags += ["--epochs", str(epochs)]
     t = time.time()
     r = subprocess.run([py, os.path.join(ROOT, "cifar.py")] + flags, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         sys.exit(f"error: cifar.py {' '.join(flags)} failed:\n{r.stderr[-2000:]}")
-    lines = [json.loads(x) for x in open(os.path.join(d, "log.txt"))]
+    return {**finished(out, recipe, setting, seed), "seconds": round(time.time() - t)}
+
+
+def finished(out, recipe, setting, seed):
+    """A finished run of train() in `out`, or None."""
+    p = os.path.join(run_dir(out, recipe, setting, seed), "log.txt")
+    lines = [json.loads(x) for x in open(p)] if os.path.exists(p) else []
+    if not lines or "final_knn_top1" not in lines[-1]:
+        return None
     epoch_s = [x["epoch_time"] for x in lines if "epoch_time" in x]
-    return {"setting": setting, "seed": seed, "knn_top1": lines[-1]["final_knn_top1"],
-            "epoch_s": statistics.median(epoch_s), "seconds": round(time.time() - t)}
+    return {"setting": setting, "seed": seed, "knn_top1": lines[-1]["final_knn_top1"], "epoch_s": statistics.median(epoch_s)}
 
 
 def spread(xs):
@@ -107,13 +121,16 @@ def main():
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--reps", type=int, default=20, help="timed steps per setting (median)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation included)")
-    p.add_argument("--train", action="store_true", help="also train the quick start per setting and seed")
+    p.add_argument("--train", action="store_true", help="also train --train-recipe per setting and seed")
+    p.add_argument("--train-recipe", default="quickstart", choices=["quickstart", "benchmark"])
     p.add_argument("--no-steps", dest="steps", action="store_false", help="--train only: no step times")
     p.add_argument("--train-settings", nargs="+", default=["fp32", "bf16"], choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=0, help="--train: epochs (default: the quick start's 40)")
+    p.add_argument("--epochs", type=int, default=0, help="--train: epochs (default: the recipe's)")
     p.add_argument("--out", default="checkpoints/bench_cpu_fast", help="--train: one folder per run inside")
     p.add_argument("--json", default="", help="write every figure here too")
+    p.add_argument("--table", action="store_true", help="--train's table again, from the runs in --out "
+                   "(SETTING_seedN/log.txt, as --train names them; several --train invocations into one --out)")
     p.add_argument("--one", nargs=2, metavar=("RECIPE", "SETTING"), help=argparse.SUPPRESS)  # a child
     a = p.parse_args()
     if a.one:
@@ -144,9 +161,15 @@ def main():
         os.makedirs(a.out, exist_ok=True)
         for seed in a.seeds:  # seeds outside, settings inside: a setting's runs spread over the whole session
             for setting in a.train_settings:
-                runs.append(train(setting, seed, a.out, a.epochs, sys.executable))
+                runs.append(train(a.train_recipe, setting, seed, a.out, a.epochs, sys.executable))
                 print(json.dumps(runs[-1]), flush=True)
-        print(f"\n| quick start ({a.epochs or 40} epochs) | final kNN top-1, mean (min-max) | per seed | s/epoch |\n|---|---|---|---|")
+    if a.table:
+        runs = [r for s in a.train_settings for seed in a.seeds
+                if (r := finished(a.out, a.train_recipe, s, seed)) is not None]
+    if runs:
+        a.train_settings = [s for s in a.train_settings if any(r["setting"] == s for r in runs)]
+        epochs = a.epochs or int(RECIPES[a.train_recipe][0][RECIPES[a.train_recipe][0].index("--epochs") + 1])
+        print(f"\n| {a.train_recipe} ({epochs} epochs), {os.cpu_count()} cores | final kNN top-1, mean (min-max) | per seed | s/epoch |\n|---|---|---|---|")
         for setting in a.train_settings:
             mine = [r for r in runs if r["setting"] == setting]
             knn = [r["knn_top1"] for r in mine]
