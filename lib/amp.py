@@ -39,3 +39,11 @@ def autocast_or_nothing(autocast):
 def to_float32(x):
     """Autocast's half precision up to float32; float32 and float64 as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+if __name__ == "__main__":  # `python -m lib.amp auto`: the value auto picks on this machine's default device, and why
+    import sys
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    value, note = resolve(sys.argv[1] if len(sys.argv) > 1 else "auto", device)
+    print(value)
+    print(note or f"amp: --amp {value}")

@@ -4,7 +4,8 @@ this repo can run it, side by side in one run, on generated ImageNet-sized JPEGs
     python scripts/bench_loader.py                 # 256 JPEGs, each path on one core (1 thread)
     python scripts/bench_loader.py --images 512 --json loader.json
 
-Paths (the loader's part runs in one process with one thread, as one DataLoader worker does):
+Paths (the loader's part runs in one DataLoader worker, one thread, batches of 64, the hand-over to
+the training process included):
   pil        main.py's train transform: PIL decode, RandomResizedCrop 224, grayscale, jitter, flip,
              ToTensor, Normalize (the paper's pipeline, every step on the loader core)
   pil+aug    main.py --gpu-aug: PIL decode + RandomResizedCrop 224 on the loader core; the rest
@@ -30,6 +31,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torchvision import transforms  # noqa: E402
+from torchvision.io import ImageReadMode, decode_image, read_file  # noqa: E402
 
 SHAPES = [(500, 375), (375, 500), (500, 333), (500, 500), (640, 480)]  # width x height
 
@@ -56,15 +59,24 @@ def make_jpegs(root, n, seed=0):
     return sizes
 
 
-def per_image(ds, n, passes):
-    """Seconds per image of ds[i] for i < n, the best of `passes` passes (the first warms the page cache)."""
+def per_image(ds, n, passes, collate=None):
+    """Seconds per image of ds[i] for i < n through a DataLoader with one worker (one loader core;
+    what crosses from the worker to the training process included), batches of 64; the best of
+    `passes` passes after a first that starts the worker and warms the page cache."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, sampler=range(n), num_workers=1, collate_fn=collate,
+                                         persistent_workers=True)
     best = float("inf")
-    for _ in range(passes):
+    for k in range(passes + 1):
         t = time.perf_counter()
-        for i in range(n):
-            ds[i]
-        best = min(best, (time.perf_counter() - t) / n)
+        for _ in loader:
+            pass
+        if k:
+            best = min(best, (time.perf_counter() - t) / n)
     return best
+
+
+def read_tensor(path):
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
 
 
 def main():
@@ -78,8 +90,6 @@ def main():
     from lib.dist import resolve_device
     device = torch.device(resolve_device(a.device))
     torch.set_num_threads(1)  # one loader core
-    from torchvision import transforms
-    from torchvision.io import ImageReadMode, decode_image, read_file
     import main as imagenet
     from lib.gpu_aug import GPUAugment
     rows = {}
@@ -88,13 +98,12 @@ def main():
         print(f"{a.images} JPEGs, mean {statistics.mean(sizes) / 1e3:.0f} KB; torch {torch.__version__}, 1 thread", flush=True)
         for name, flags in (("pil", []), ("pil+aug", ["--gpu-aug"]), ("tensor", None),
                             ("gpu", ["--gpu-aug", "--decode", "gpu"])):
+            t = imagenet.task(imagenet.get_args([root] + (flags or ["--gpu-aug"]) + ["--device", "cpu"]))
+            ds = t.train
             if flags is None:  # pil+aug's dataset, decoded by torchvision and cropped as a tensor
-                ds = imagenet.task(imagenet.get_args([root, "--gpu-aug", "--device", "cpu"])).train
-                ds.loader = lambda path: decode_image(read_file(path), mode=ImageReadMode.RGB)
+                ds.loader = read_tensor
                 ds.transform = transforms.RandomResizedCrop(224, scale=(0.2, 1.0))
-            else:
-                ds = imagenet.task(imagenet.get_args([root] + flags + ["--device", "cpu"])).train
-            rows[name] = {"loader_s": per_image(ds, a.images, a.passes)}
+            rows[name] = {"loader_s": per_image(ds, a.images, a.passes, t.collate)}
             print(name, json.dumps(rows[name]), flush=True)
         # --decode gpu's device part: decode + crop + augmentation of whole batches on --device
         t = imagenet.task(imagenet.get_args([root, "--gpu-aug", "--decode", "gpu", "--device", a.device]))
@@ -117,9 +126,9 @@ def main():
             aug(batch)
             ts.append((time.perf_counter() - t0) / len(batch))
         aug_s = min(ts)
-    print("\n| path | loader core: images/s | + device aug on this CPU core: images/s |\n|---|---|---|")
+    print("\n| path | loader core: images/s | + the device's part on this CPU core: images/s |\n|---|---|---|")
     for name, r in rows.items():
-        dev = aug_s if name != "pil" else 0.0
+        dev = {"pil": 0.0, "gpu": device_s}.get(name, aug_s)  # gpu: decode + crop + augmentation
         r["images_per_s"] = 1 / r["loader_s"]
         r["with_cpu_aug_per_s"] = 1 / (r["loader_s"] + dev)
         print(f"| {name} | {r['images_per_s']:.0f} | {r['with_cpu_aug_per_s']:.0f} |")

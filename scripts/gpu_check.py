@@ -94,7 +94,9 @@ def markdown(d):
     if ld and "per_core" in ld:
         lines += ["", "## The ImageNet loader: images/s per CPU core (scripts/bench_loader.py)", "",
                   "| path | images/s per core | cores for the ResNet-50 step |", "|---|---|---|"]
-        lines += [f"| {k} | {v:.0f} | {ld.get('cores_needed', {}).get(k, float('nan')):.1f} |" for k, v in ld["per_core"].items()]
+        cores = ld.get("cores_needed", {})
+        lines += [f"| {k} | {v:.0f} | {f'{cores[k]:.1f}' if k in cores else '- (no ResNet-50 step timed)'} |"
+                  for k, v in ld["per_core"].items()]
         lines += ["", f"- --decode gpu, the device's part (decode + crop + augmentation): {ld['device_decode_per_s']:.0f} images/s"
                   + (f"; the ResNet-50 step: {ld['r50_images_per_s']:.0f} images/s" if "r50_images_per_s" in ld else "")]
     lines += ["", d.get("summary", "(unfinished)"), ""]
@@ -312,8 +314,8 @@ def stage_loader(a):
     res = {"per_core": {k: v["images_per_s"] for k, v in d["paths"].items()},
            "device_decode_per_s": d["device_images_per_s"]}
     r50 = [x for x in getattr(a, "bank_rows", []) if x.get("backbone_ms") and "r50" in x.get("setting", "")]
-    if r50:  # images/s of the ResNet-50 step at B=256, and the cores each path needs to keep up with it
-        res["r50_images_per_s"] = 256 / (r50[0]["backbone_ms"] / 1e3)
+    if r50:  # images/s of the ResNet-50 step, and the cores each path needs to keep up with it
+        res["r50_images_per_s"] = r50[0]["B"] / (r50[0]["backbone_ms"] / 1e3)
         res["cores_needed"] = {k: res["r50_images_per_s"] / v for k, v in res["per_core"].items()}
     return res
 

@@ -7,14 +7,19 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/env.sh  # PY: the project's Python (see scripts/env.sh)
 OUT=checkpoints/quickstart
+# the CPU's fast path: bf16 autocast where the CPU computes bfloat16 natively (AVX512-BF16, AMX), fp32
+# elsewhere and on a GPU (measured: docs/performance.md, "The CPU's fast path"); `--amp off` after the
+# command runs float32 anyway (the last --amp wins)
+FAST=$("$PY" -m lib.amp auto); AMP=${FAST%%$'\n'*}
 # a fresh run every time (the same folder would otherwise auto-resume the last one): what cifar.py wrote
 npid_clear "$OUT" checkpoint.pth model_best.pth log.txt tb retrievals.png stdout.txt nn -- ./data
+echo "${FAST#*$'\n'}"
 "$PY" cifar.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 \
   --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos --epochs 40 -b 128 \
-  -j 1 --gpu-aug --channels-last --baselines -p 40 --checkpoint-dir "$OUT" "$@" | tee "$OUT/stdout.txt"
+  -j 1 --gpu-aug --channels-last --amp "$AMP" --baselines -p 40 --checkpoint-dir "$OUT" "$@" | tee "$OUT/stdout.txt"
 # the nearest-neighbour page (NPID against raw pixels on the same split), the map, and the features
 # as an index for `retrieve.py --index $OUT/nn/features.pt --pretrained $OUT/checkpoint.pth --query IMAGE`
-"$PY" retrieve.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 -j 1 \
+"$PY" retrieve.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 -j 1 --amp "$AMP" \
   --pretrained "$OUT/checkpoint.pth" --names NPID --out "$OUT/nn" --map --save-features "$OUT/nn/features.pt" \
   | tee -a "$OUT/stdout.txt"
 echo "TensorBoard: tensorboard --logdir $OUT/tb    retrievals: $OUT/retrievals.png"

@@ -58,6 +58,9 @@ def machine(tmp_path):
     (repo / "cifar.py").write_text('import sys\nprint("probe: " + sys.executable)\n'
                                    'print("summary: learned=1.0 random_init=1.0 raw_pixels=1.0")\n')
     (repo / "retrieve.py").write_text('print("page: probe")\n')
+    (repo / "lib").mkdir()  # `python -m lib.amp auto` (the quick start's fast path): a probe too
+    (repo / "lib" / "__init__.py").write_text("")
+    (repo / "lib" / "amp.py").write_text('print("off")\nprint("amp: probe")\n')
     (repo / "reqs.txt").write_text(stub_wheel(str(tmp_path)) + "\n")
     bin_ = tmp_path / "bin"
     bin_.mkdir()
