@@ -26,12 +26,14 @@ def test_dry_run_runs_every_stage(tmp_path):
     r = sh("--dry-run", env={"OUT": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("gpu_check: ok=6 failed=0 tests=1/1 cifar_epoch_s=") and "imagenet_bank_ratio=" in last
+    assert last.startswith("gpu_check: ok=7 failed=0 tests=1/1 cifar_epoch_s=") and "imagenet_bank_ratio=" in last
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert rep["dry_run"] and sorted(rep["stages"]) == ["bank", "env", "knn", "numerics", "speed", "tests"]
+    assert rep["dry_run"] and sorted(rep["stages"]) == ["bank", "env", "knn", "loader", "numerics", "speed", "tests"]
+    ld = rep["stages"]["loader"]
+    assert set(ld["per_core"]) == {"pil", "pil+aug", "tensor", "gpu"} and ld["device_decode_per_s"] > 0
     assert all(s["status"] == "ok" for s in rep["stages"].values())
     assert {r["amp"] for r in rep["stages"]["numerics"]["rows"]} == {"bf16", "fp16"}
     assert all(r["bank_dtype"] == "torch.float32" for r in rep["stages"]["numerics"]["rows"])
     assert len(rep["stages"]["speed"]["rows"]) == 5 and rep["stages"]["bank"]["rows"][0]["ratio"] > 0
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "## Numerics" in md and "## CIFAR-size epoch" in md and md.strip().endswith(last)
+    assert "## Numerics" in md and "## CIFAR-size epoch" in md and "## The ImageNet loader" in md and md.strip().endswith(last)
