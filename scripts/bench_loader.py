@@ -98,12 +98,12 @@ def main():
         print(f"{a.images} JPEGs, mean {statistics.mean(sizes) / 1e3:.0f} KB; torch {torch.__version__}, 1 thread", flush=True)
         for name, flags in (("pil", []), ("pil+aug", ["--gpu-aug"]), ("tensor", None),
                             ("gpu", ["--gpu-aug", "--decode", "gpu"])):
-            t = imagenet.task(imagenet.get_args([root] + (flags or ["--gpu-aug"]) + ["--device", "cpu"]))
+            t = imagenet.task(imagenet.get_args([root] + (["--gpu-aug"] if flags is None else flags) + ["--device", "cpu"]))
             ds = t.train
             if flags is None:  # pil+aug's dataset, decoded by torchvision and cropped as a tensor
                 ds.loader = read_tensor
                 ds.transform = transforms.RandomResizedCrop(224, scale=(0.2, 1.0))
-            rows[name] = {"loader_s": per_image(ds, a.images, a.passes, t.collate)}
+            rows[name] = {"loader_s": per_image(ds, a.images, a.passes, t.collate), "gpu_aug": t.gpu_augment is not None}
             print(name, json.dumps(rows[name]), flush=True)
         # --decode gpu's device part: decode + crop + augmentation of whole batches on --device
         t = imagenet.task(imagenet.get_args([root, "--gpu-aug", "--decode", "gpu", "--device", a.device]))

@@ -83,3 +83,5 @@ def test_bench_loader_smoke(tmp_path):
     d = json.load(open(out))
     assert set(d["paths"]) == {"pil", "pil+aug", "tensor", "gpu"} and d["device_images_per_s"] > 0
     assert all(v["images_per_s"] > 0 for v in d["paths"].values())
+    # each row times its own pipeline: the paper's PIL list without the device part, the others with it
+    assert {k: v["gpu_aug"] for k, v in d["paths"].items()} == {"pil": False, "pil+aug": True, "tensor": True, "gpu": True}
