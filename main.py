@@ -8,6 +8,7 @@ from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
 
 MEAN, STD = list(registry.IMAGENET_MEAN), list(registry.IMAGENET_STD)
+SIZE, SCALE = 224, (0.2, 1.0)  # the training crop: RandomResizedCrop's size and scale (every --decode path)
 
 
 def get_args(argv=None):
@@ -34,15 +35,15 @@ def lr_at(epoch, args):
 
 def task(args):
     train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(224, scale=(0.2, 1.0)),
+        transforms.RandomResizedCrop(SIZE, scale=SCALE),
         transforms.RandomGrayscale(p=0.2),
         transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(MEAN, STD)])
     if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
-        train_tf = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.2, 1.0)), transforms.PILToTensor()])
-    loader, crop, collate = decode.train_loading(args.decode, 224, (0.2, 1.0))  # --decode gpu
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(SIZE, scale=SCALE), transforms.PILToTensor()])
+    loader, crop, collate = decode.train_loading(args.decode, SIZE, SCALE)  # --decode gpu
     train_tf = crop or train_tf
     # the authors' test transform, as their main.py writes it (= registry.eval_transform("imagenet"), tested)
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
@@ -58,7 +59,7 @@ def task(args):
     return engine.Task(train=train, train_eval=open_(True, test_tf),
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
-                       gpu_augment=decode.OnDevice(224, augment) if args.decode == "gpu" else augment, collate=collate)
+                       gpu_augment=decode.OnDevice(SIZE, augment) if args.decode == "gpu" else augment, collate=collate)
 
 
 def main(argv=None):

@@ -63,7 +63,7 @@ def make_loaders(task, args):
     gen = lambda: torch.Generator().manual_seed(args.seed)
     sampler = SeededSampler(torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed))
     train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
-                                        sampler=sampler, generator=gen(), collate_fn=getattr(task, "collate", None), **common)
+                                        sampler=sampler, generator=gen(), collate_fn=task.collate, **common)
     bs = max(1, args.batch_size // W)
     train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
     val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
