@@ -120,7 +120,8 @@ def test_augmentation_lists():
     assert tr.transforms[4].mean == (0.4914, 0.4822, 0.4465) and tr.transforms[4].std == (0.2023, 0.1994, 0.2010)
     assert [n for n, _ in _describe(te)] == ["ToTensor", "Normalize"]
     src = open(os.path.join(os.path.dirname(main.__file__), "main.py")).read()
-    for want in ("RandomResizedCrop(224, scale=(0.2, 1.0))", "RandomGrayscale(p=0.2)", "ColorJitter(0.4, 0.4, 0.4, 0.4)",
+    assert (main.SIZE, main.SCALE) == (224, (0.2, 1.0))  # the authors' crop, named once for every --decode path
+    for want in ("RandomResizedCrop(SIZE, scale=SCALE)", "RandomGrayscale(p=0.2)", "ColorJitter(0.4, 0.4, 0.4, 0.4)",
                  "RandomHorizontalFlip()", "Resize(256), transforms.CenterCrop(224)"):
         assert want in src
 
