@@ -54,6 +54,69 @@ class SeededDataset(torch.utils.data.Dataset):
             return self.dataset[i]
 
 
+class SlidingWindowSampler(torch.utils.data.Sampler):
+    """PIC's sliding-window data scheduler (PIC:contrast/data/sampler.py SubsetSlidingWindowSampler,
+    with --shuffle-per-epoch as their scripts/PIC.sh runs it): the N indices in a random order; an
+    epoch is the `window` consecutive ones from a start that moves by `stride` each epoch (mod N),
+    shuffled; the whole order is drawn again whenever a window would run past its end. Under torchrun
+    the ranks share the window, rank r taking every W-th index from r.
+
+    Theirs keeps the start and the order as state changed by each iteration (checkpointed as
+    'start_index'); here they are a function of (seed, epoch), `state(epoch)`, so the epoch the
+    checkpoint saves restores them exactly and any -j, resume or restart sees the same windows."""
+
+    def __init__(self, n, window, stride, seed, num_replicas=1, rank=0):
+        self.n, self.window, self.stride, self.seed = n, window, stride, seed
+        self.W, self.R, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def state(self, epoch):
+        """(start, reshuffles): the window's start and how many times the order was drawn again."""
+        start = shuffles = 0
+        for _ in range(epoch + 1):  # theirs: reshuffle if this window would wrap, take it, move on
+            if start + self.window > self.n:
+                shuffles += 1
+            here = start
+            start = (start + self.stride) % self.n
+        return here, shuffles
+
+    def _perm(self, k, n, salt):
+        g = torch.Generator().manual_seed(sample_seed(self.seed, k, salt))  # salt: an index no image has
+        return torch.randperm(n, generator=g)
+
+    def indices(self, epoch):
+        start, shuffles = self.state(epoch)
+        order = self._perm(shuffles, self.n, 2**32 - 1)  # N
+        window = order[(torch.arange(self.window) + start) % self.n]  # window
+        return window[self._perm(epoch, self.window, 2**32 - 2)][self.R::self.W]
+
+    def __iter__(self):
+        return iter(self.indices(self.epoch).tolist())
+
+    def __len__(self):
+        return self.window // self.W
+
+
+def window_epochs(args, n):
+    """--window-size: --epochs and --warmup-epochs, given in passes over the N images, become windows,
+    as PIC:main_pretrain.py main() rescales them (`math.ceil(args.epochs * N / args.window_size)`).
+    Called once per process, before the resume compares the run's (rescaled) settings with the saved."""
+    import math
+    if not args.window_size:
+        return
+    if args.window_size > n:
+        raise UserError(f"--window-size {args.window_size} is larger than the training set ({n} images)")
+    if args.window_size % args.world_size:
+        raise UserError(f"--window-size {args.window_size} must be divisible by the {args.world_size} processes")
+    given = args.epochs
+    args.epochs = math.ceil(args.epochs * n / args.window_size)
+    args.warmup_epochs = math.ceil(args.warmup_epochs * n / args.window_size)
+    print(f"sliding window: {given} epochs of {n} images = {args.epochs} windows of {args.window_size} "
+          f"(stride {args.window_stride}), warm-up {args.warmup_epochs} windows")
+
+
 def make_loaders(task, args):
     W, R = args.world_size, args.rank
     # own generators: worker seeding then never draws from the global RNG (which the negatives
@@ -61,7 +124,11 @@ def make_loaders(task, args):
     common = dict(num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                   persistent_workers=args.workers > 0)
     gen = lambda: torch.Generator().manual_seed(args.seed)
-    sampler = SeededSampler(torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed))
+    if getattr(args, "window_size", 0):
+        base = SlidingWindowSampler(len(task.train), args.window_size, args.window_stride, args.seed, W, R)
+    else:
+        base = torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed)
+    sampler = SeededSampler(base)
     train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
                                         sampler=sampler, generator=gen(), collate_fn=task.collate, **common)
     bs = max(1, args.batch_size // W)

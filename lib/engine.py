@@ -18,7 +18,7 @@ from . import dist as du
 from . import export
 from . import knn
 from . import report
-from .data import SeededDataset, SeededSampler, make_loaders, sample_seed  # noqa: F401 (engine's names)
+from .data import SeededDataset, SeededSampler, make_loaders, sample_seed, window_epochs  # noqa: F401 (engine's names)
 from .errors import UserError, exit_on_error
 from .methods import build_method
 from .runs import (ANY_RESUME_KEYS, EXPLICIT_RESUME_KEYS, RUNTIME_KEYS, bank_from_checkpoint,  # noqa: F401
@@ -53,9 +53,10 @@ def check_args(args, n_train):
         raise UserError(f"--nce-t must be > 0 (got {args.nce_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
-    if args.nce_k < 0:
+    parametric = getattr(args, "method", "npid") in ("parametric", "pic")  # no sampled negatives: no --nce-k
+    if args.nce_k < 0 and not parametric:
         raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
-    if args.nce_k >= n_train and not args.evaluate:
+    if args.nce_k >= n_train and not args.evaluate and not parametric:
         raise UserError(f"--nce-k {args.nce_k} must be smaller than the training set ({n_train} images); "
                         "use --nce-k 0 for the full softmax")
     if args.batch_size % args.world_size:
@@ -178,6 +179,7 @@ def _run(args, make_task):
     task = make_task()
     n = len(task.train)
     check_args(args, n)
+    window_epochs(args, n)  # --window-size: epochs become windows (PIC's rescaling)
     torch.manual_seed(args.seed)  # identical model and bank on every rank (they are also broadcast)
     torch.backends.cudnn.benchmark = True
     # x86 CPUs compute with denormal floats up to 10x slower; the CIFAR nets' PyTorch-0.4 init makes
@@ -187,7 +189,7 @@ def _run(args, make_task):
     model = task.build_model(args.arch, args.low_dim).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    method = build_method(args, n, model).to(device)  # NPID, or NPID+CLD with --cld
+    method = build_method(args, n, model).to(device)  # --method: NPID (the paper), CLD, parametric, PIC
     bank = method.bank
     params = list(model.parameters()) + list(method.parameters())  # NPID's bank has buffers only
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

@@ -9,7 +9,10 @@ with its instance head `fc` (kNN and export use it alone). Parameters a method o
 model (CLD's group head) are its `head_state()`, saved beside the model.
 
 NPID: the paper, unchanged. NPIDCLD: NPID + Cross-Level Discrimination (Wang, Liu, Yu, CVPR 2021),
-following the authors' code frank-xwang/CLD-UnsupervisedLearning (cited below as CLD:file)."""
+following the authors' code frank-xwang/CLD-UnsupervisedLearning (cited below as CLD:file).
+InstanceClassifier: the parametric side, a learned weight vector per training image: the paper's
+parametric-softmax baseline (its Eq. 1) and PIC (Cao et al., NeurIPS 2020, code bl0/PIC, cited as
+PIC:file)."""
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -31,6 +34,11 @@ def build_bank(args, n):
 def build_method(args, n, model):
     if getattr(args, "warmup_epochs", 0) < 0:
         raise UserError(f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})")
+    method = getattr(args, "method", "npid")
+    if method in ("parametric", "pic"):  # the bank is the kNN monitor's only: features, never in the loss
+        bank = LinearAverage(args.low_dim, n, args.nce_t, args.nce_m)
+        return InstanceClassifier(bank, n, args.low_dim, args.inst_t, args.inst_cosine,
+                                  init_std=0.01 if method == "pic" else None, channels_last=args.channels_last)
     bank = build_bank(args, n)
     if not getattr(args, "cld", False):
         return NPID(bank, args.channels_last)
@@ -53,6 +61,16 @@ class TwoViews:
 
     def __repr__(self):
         return f"TwoViews({self.transform!r})"
+
+
+def average_grads(params):
+    """A method's own parameters are outside DDP: average their gradients over the ranks here, after
+    each backward (before the optimiser step; an accumulated sum stays exact). Identity in one process."""
+    if du.get_world_size() > 1:
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= du.get_world_size()
 
 
 class NPID(nn.Module):
@@ -153,14 +171,64 @@ class NPIDCLD(NPID):
         self.bank.update(f2, index)  # view 2 first, then view 1 (see the class comment)
         self.bank.update(f1, index)
         self._step = None
-        if du.get_world_size() > 1:  # the group head is outside DDP: average its gradients over the ranks here
-            for p in self.group.parameters():  # (before the optimiser step; an accumulated sum stays exact)
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= du.get_world_size()
+        average_grads(self.group.parameters())  # the group head is outside DDP
 
     def head_state(self):
         return self.group.state_dict()
 
     def load_head_state(self, sd):
         self.group.load_state_dict(sd)
+
+
+def instance_logits(feature, weight, t, cosine):
+    """B x N scores of the features against one weight vector per training image, divided by t:
+    Eq. 1 of the paper (w_i^T v) with `cosine` off and t = 1; PIC's cosine classifier with it on
+    (PIC:contrast/models/PIC.py forward: `F.normalize(self.sim_matrix, dim=1)`, the einsum of the
+    normalised features with it, `/ self.contrast_temperature`)."""
+    w = F.normalize(weight, dim=1) if cosine else weight
+    return feature @ w.t() / t
+
+
+class InstanceClassifier(NPID):
+    """Instance classification with a learned N x D weight table `weight`, trained by the optimizer
+    with the network (its weight decay and momentum: PIC:main_pretrain.py build_model hands
+    `model.parameters()`, the table included, to one SGD): loss = CE(instance_logits(f, W), index).
+
+    The feature f is the network's L2-normalised 128-d output, the one kNN and every evaluation use.
+    Initialisation: PIC's `nn.init.normal_(self.sim_matrix, 0, 0.01)` with `init_std`, else that of a
+    bias-free nn.Linear(D, N) (uniform in +-1/sqrt(D)), the classifier layer Eq. 1 describes.
+    `bank` is a memory bank of the features (momentum --nce-m, the NPID update) for the kNN monitor
+    and the checkpoint's 'memory' only: the loss never reads it. PIC's multi-crop (small crops
+    against the detached table) is not implemented; their paper's negative sampling and
+    weight-update correction are not in their released code."""
+
+    def __init__(self, bank, n, dim, t, cosine, init_std=None, channels_last=False):
+        super().__init__(bank, channels_last)
+        self.t, self.cosine = t, cosine
+        self.weight = nn.Parameter(torch.empty(n, dim))  # N x D
+        if init_std is None:
+            nn.init.uniform_(self.weight, -1 / dim ** 0.5, 1 / dim ** 0.5)
+        else:
+            nn.init.normal_(self.weight, 0, init_std)
+        du.broadcast_model(self)  # every rank starts from rank 0's table
+
+    def forward(self, model, images, index, autocast=None):
+        with autocast_or_nothing(autocast):
+            feature = model(self.prepare(images))  # B x D, L2-normalised
+        feature = to_float32(feature)
+        self._step = (feature.detach(), index)
+        return F.cross_entropy(instance_logits(feature, self.weight, self.t, self.cosine), index)  # B x N
+
+    def update(self):
+        super().update()  # the monitor's bank
+        average_grads([self.weight])
+
+    def head_state(self):
+        return {"weight": self.weight.detach()}
+
+    def load_head_state(self, sd):
+        if set(sd) != {"weight"} or tuple(sd["weight"].shape) != tuple(self.weight.shape):
+            got = {k: tuple(v.shape) for k, v in sd.items()} if isinstance(sd, dict) else type(sd).__name__
+            raise UserError(f"the checkpoint's instance weights {got} do not fit this run's {tuple(self.weight.shape)}")
+        with torch.no_grad():
+            self.weight.copy_(sd["weight"])

@@ -3,6 +3,10 @@ import argparse
 
 from .errors import UserError
 
+METHODS = ["npid", "cld", "parametric", "pic"]
+# what each parametric method defaults to where its flag is not given: (--inst-t, --inst-cosine)
+INSTANCE_DEFAULTS = {"parametric": (1.0, False), "pic": (0.2, True)}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
@@ -55,6 +59,20 @@ def parser(description, defaults):
     g.add_argument("--cld-iters", default=5, type=int, help="k-means iterations")
     g.add_argument("--cld-t", default=0.2, type=float, help="temperature of the cross-level loss")
     g.add_argument("--cld-lambda", default=1.0, type=float, help="weight of the cross-level loss")
+
+    g = p.add_argument_group("the method (lib/methods.py; default: the paper's NPID)")
+    g.add_argument("--method", default="npid", choices=METHODS,
+                   help="npid: the paper; cld: NPID+CLD (= --cld); parametric: the paper's parametric-softmax "
+                        "baseline (Eq. 1, a learned weight per image); pic: Parametric Instance Classification (Cao et al. 2020)")
+    g.add_argument("--inst-t", default=None, type=float,
+                   help="parametric / pic: temperature of the instance classifier (default: 1 for parametric, "
+                        "Eq. 1 has none; 0.2 for pic, PIC's scripts/PIC.sh)")
+    g.add_argument("--inst-cosine", default=None, action=argparse.BooleanOptionalAction,
+                   help="parametric / pic: L2-normalise the weight vectors too (default: off for parametric, on for pic)")
+    g.add_argument("--window-size", default=0, type=int,
+                   help="PIC's sliding-window data scheduler: each epoch is a window of this many images "
+                        "(0 = off; PIC.sh: 131072), --epochs counted in passes over the data (lib/data.py)")
+    g.add_argument("--window-stride", default=16384, type=int, help="how far the window moves per epoch (PIC.sh: 16384)")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
@@ -149,6 +167,8 @@ def parse(p, argv=None):
     resume can tell what a checkpoint older than a flag was run with."""
     args = p.parse_args(argv)
     args.parser_defaults = {k: p.get_default(k) for k in vars(args)}
+    if "method" in vars(args):
+        _method(p, args, argv)
     if "cld_clusters" in vars(args):
         # CLD's clusters per batch (train_cifar*_npid_cld.sh: --clusters 128 / 200). A run without --cld
         # keeps 128, the value every checkpoint before this default was saved with.
@@ -167,3 +187,41 @@ def step_lr(epoch, args, milestones):
     if args.cos:
         return args.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - W) / max(1, args.epochs - W)))
     return args.lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+def _explicit(p, argv):
+    """The dests the command line gave (a default given again counts as given)."""
+    saved = {a: a.default for a in p._actions}
+    try:
+        for a in saved:
+            a.default = argparse.SUPPRESS
+        return set(vars(p.parse_known_args(argv)[0]))
+    finally:
+        for a, d in saved.items():
+            a.default = d
+
+
+def _method(p, args, argv):
+    """--cld is --method cld; a parametric method's defaults; flags of another method: one line."""
+    if args.cld and args.method not in ("npid", "cld"):
+        p.error(f"--cld is --method cld, not --method {args.method}")
+    if args.cld:
+        args.method = "cld"
+    args.cld = args.method == "cld"
+    # a checkpoint older than --method was npid or cld, and its own 'cld' key says which
+    args.parser_defaults["method"] = args.method if args.method in ("npid", "cld") else "npid"
+    given = _explicit(p, argv)
+    if args.method in INSTANCE_DEFAULTS:
+        bank_flags = [f for f in ("nce_k", "nce_loss", "prox") if f in given]
+        if bank_flags:
+            p.error(f"--method {args.method} classifies against one weight per image, no sampled negatives: "
+                    + "/".join("--" + f.replace("_", "-") for f in bank_flags) + ": NPID's flags, drop them")
+        t, cos = INSTANCE_DEFAULTS[args.method]
+        args.inst_t = t if args.inst_t is None else args.inst_t
+        args.inst_cosine = cos if args.inst_cosine is None else args.inst_cosine
+        if args.inst_t <= 0:
+            p.error(f"--inst-t must be > 0 (got {args.inst_t})")
+    elif given & {"inst_t", "inst_cosine"}:
+        p.error("--inst-t and --inst-cosine go with --method parametric or pic")
+    if args.window_size < 0 or args.window_stride < 1:
+        p.error(f"--window-size must be >= 0 and --window-stride >= 1 (got {args.window_size}, {args.window_stride})")

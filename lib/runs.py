@@ -78,10 +78,13 @@ def bank_from_checkpoint(ck, path, n):
 
 
 def load_method_head(method, ck, path):
-    """A method's own parameters (CLD's group head): present iff the run uses them."""
-    if bool(method.head_state()) != bool(ck.get("method_head")):
-        raise UserError(f"--resume: '{path}' was trained {'with' if ck.get('method_head') else 'without'} --cld, "
-                        f"this run is {'with' if method.head_state() else 'without'} it")
+    """A method's own parameters (CLD's group head, the instance weights): present iff the run uses them."""
+    saved = (ck.get("args") or {}).get("method") or ("cld" if (ck.get("args") or {}).get("cld") else "npid")
+    if bool(method.head_state()) != bool(ck.get("method_head")) or \
+            (ck.get("method_head") and set(ck["method_head"]) != set(method.head_state())):
+        raise UserError(f"--resume: '{path}' was trained with --method {saved}, its own parameters "
+                        f"{'absent' if not ck.get('method_head') else 'saved'}; this run's method "
+                        f"{'has none' if not method.head_state() else 'needs its own'}")
     if ck.get("method_head"):
         method.load_head_state(ck["method_head"])
 
@@ -192,6 +195,8 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None):
             print(f"=> auto-resuming from '{latest}'")
         path, auto = latest, not args.evaluate
     ck = checkpoint.load(path)
+    if not args.evaluate:  # another run (another --method, --arch, bank...) is said first, by its flags
+        check_same_run(args, ck, path, auto)
     load_model_weights(model, ck, args, path)
     mem = bank_from_checkpoint(ck, path, n)
     if args.evaluate:
@@ -204,7 +209,6 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None):
                         f"this run uses {type(bank).__name__} (check --nce-k)")
     if mem["memory"].shape[1] != args.low_dim:
         raise UserError(f"--resume: the bank in '{path}' is {mem['memory'].shape[1]}-d, --low-dim is {args.low_dim}")
-    check_same_run(args, ck, path, auto)
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
     if method is not None:
         load_method_head(method, ck, path)
