@@ -237,7 +237,7 @@ def _run(args, make_task):
         set_lr(optimizer, lr)
         stats = train_one_epoch(train_model, method, loaders[0], optimizer, epoch, args, device, autocast, scaler,
                                 task.gpu_augment, writer)
-        check_banks_agree(bank, epoch)
+        check_banks_agree(bank, epoch, method)
         res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
         stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
         if device.type == "cuda":  # the epoch's peak, for scripts/gpu_check.py
@@ -288,12 +288,17 @@ def sync_batchnorm(model, args, device):
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def check_banks_agree(bank, epoch):
+def check_banks_agree(bank, epoch, method=None):
+    """Under torchrun: the ranks' banks, and a method's own parameters (CLD's group head, the
+    instance weights), must be equal after each epoch."""
     if not du.is_dist():
         return
-    sums = du.all_gather_object(bank.checksum().cpu())
+    own = [t.detach().double().flatten() for t in (method.head_state().values() if method is not None else [])]
+    w = lambda t: torch.arange(1, len(t) + 1, device=t.device, dtype=torch.float64)
+    mine = torch.cat([bank.checksum().cpu()] + [torch.stack([t.sum(), (t @ w(t)).sum()]).cpu() for t in own])
+    sums = du.all_gather_object(mine)
     if any(not torch.equal(sums[0], s) for s in sums[1:]):
-        raise UserError(f"the memory banks of the ranks diverged at the end of epoch {epoch} "
+        raise UserError(f"the memory banks or method parameters of the ranks diverged at the end of epoch {epoch} "
                         f"(checksums {[s.tolist() for s in sums]}); stopping")
 
 

@@ -38,7 +38,8 @@ def build_method(args, n, model):
     if method in ("parametric", "pic"):  # the bank is the kNN monitor's only: features, never in the loss
         bank = LinearAverage(args.low_dim, n, args.nce_t, args.nce_m)
         return InstanceClassifier(bank, n, args.low_dim, args.inst_t, args.inst_cosine,
-                                  init_std=0.01 if method == "pic" else None, channels_last=args.channels_last)
+                                  init_std=0.01 if method == "pic" else None, channels_last=args.channels_last,
+                                  model=None if args.inst_feature_norm else model)
     bank = build_bank(args, n)
     if not getattr(args, "cld", False):
         return NPID(bank, args.channels_last)
@@ -194,7 +195,9 @@ class InstanceClassifier(NPID):
     with the network (its weight decay and momentum: PIC:main_pretrain.py build_model hands
     `model.parameters()`, the table included, to one SGD): loss = CE(instance_logits(f, W), index).
 
-    The feature f is the network's L2-normalised 128-d output, the one kNN and every evaluation use.
+    The feature f: the network's L2-normalised 128-d output (PIC; the one kNN and every evaluation
+    use), or, given `model`, its head `fc`'s output before the norm (Eq. 1's v = f(x): the paper
+    normalises only from its Eq. 2 on), captured by a forward hook.
     Initialisation: PIC's `nn.init.normal_(self.sim_matrix, 0, 0.01)` with `init_std`, else that of a
     bias-free nn.Linear(D, N) (uniform in +-1/sqrt(D)), the classifier layer Eq. 1 describes.
     `bank` is a memory bank of the features (momentum --nce-m, the NPID update) for the kNN monitor
@@ -202,9 +205,12 @@ class InstanceClassifier(NPID):
     against the detached table) is not implemented; their paper's negative sampling and
     weight-update correction are not in their released code."""
 
-    def __init__(self, bank, n, dim, t, cosine, init_std=None, channels_last=False):
+    def __init__(self, bank, n, dim, t, cosine, init_std=None, channels_last=False, model=None):
         super().__init__(bank, channels_last)
-        self.t, self.cosine = t, cosine
+        self.t, self.cosine, self._raw = t, cosine, None
+        self.unnormalised = model is not None
+        if model is not None:  # the head's output, before the model's L2 norm
+            model.fc.register_forward_hook(lambda m, inp, out: setattr(self, "_raw", out))
         self.weight = nn.Parameter(torch.empty(n, dim))  # N x D
         if init_std is None:
             nn.init.uniform_(self.weight, -1 / dim ** 0.5, 1 / dim ** 0.5)
@@ -216,8 +222,10 @@ class InstanceClassifier(NPID):
         with autocast_or_nothing(autocast):
             feature = model(self.prepare(images))  # B x D, L2-normalised
         feature = to_float32(feature)
-        self._step = (feature.detach(), index)
-        return F.cross_entropy(instance_logits(feature, self.weight, self.t, self.cosine), index)  # B x N
+        self._step = (feature.detach(), index)  # the bank takes the normalised feature
+        v = to_float32(self._raw) if self.unnormalised else feature
+        self._raw = None
+        return F.cross_entropy(instance_logits(v, self.weight, self.t, self.cosine), index)  # B x N
 
     def update(self):
         super().update()  # the monitor's bank

@@ -4,8 +4,10 @@ import argparse
 from .errors import UserError
 
 METHODS = ["npid", "cld", "parametric", "pic"]
-# what each parametric method defaults to where its flag is not given: (--inst-t, --inst-cosine)
-INSTANCE_DEFAULTS = {"parametric": (1.0, False), "pic": (0.2, True)}
+# what each parametric method defaults to where its flag is not given: (--inst-t, --inst-cosine,
+# --inst-feature-norm): Eq. 1 has no temperature and no normalisation (the paper brings in both with
+# its Eq. 2); PIC normalises features and weights at T 0.2 (contrast/models/PIC.py, scripts/PIC.sh)
+INSTANCE_DEFAULTS = {"parametric": (1.0, False, False), "pic": (0.2, True, True)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +71,9 @@ def parser(description, defaults):
                         "Eq. 1 has none; 0.2 for pic, PIC's scripts/PIC.sh)")
     g.add_argument("--inst-cosine", default=None, action=argparse.BooleanOptionalAction,
                    help="parametric / pic: L2-normalise the weight vectors too (default: off for parametric, on for pic)")
+    g.add_argument("--inst-feature-norm", default=None, action=argparse.BooleanOptionalAction,
+                   help="parametric / pic: score the L2-normalised feature (default: on for pic; off for parametric, "
+                        "Eq. 1 scores the head's output v = f(x); kNN and evaluation use the normalised one either way)")
     g.add_argument("--window-size", default=0, type=int,
                    help="PIC's sliding-window data scheduler: each epoch is a window of this many images "
                         "(0 = off; PIC.sh: 131072), --epochs counted in passes over the data (lib/data.py)")
@@ -216,12 +221,13 @@ def _method(p, args, argv):
         if bank_flags:
             p.error(f"--method {args.method} classifies against one weight per image, no sampled negatives: "
                     + "/".join("--" + f.replace("_", "-") for f in bank_flags) + ": NPID's flags, drop them")
-        t, cos = INSTANCE_DEFAULTS[args.method]
+        t, cos, norm = INSTANCE_DEFAULTS[args.method]
         args.inst_t = t if args.inst_t is None else args.inst_t
         args.inst_cosine = cos if args.inst_cosine is None else args.inst_cosine
+        args.inst_feature_norm = norm if args.inst_feature_norm is None else args.inst_feature_norm
         if args.inst_t <= 0:
             p.error(f"--inst-t must be > 0 (got {args.inst_t})")
-    elif given & {"inst_t", "inst_cosine"}:
-        p.error("--inst-t and --inst-cosine go with --method parametric or pic")
+    elif given & {"inst_t", "inst_cosine", "inst_feature_norm"}:
+        p.error("--inst-t, --inst-cosine and --inst-feature-norm go with --method parametric or pic")
     if args.window_size < 0 or args.window_stride < 1:
         p.error(f"--window-size must be >= 0 and --window-stride >= 1 (got {args.window_size}, {args.window_stride})")
