@@ -1,4 +1,6 @@
 """NPID on an ImageNet-layout folder: python main.py DATA (DATA/train, DATA/val)."""
+import torch
+from PIL import ImageFilter
 from torchvision import transforms
 
 import models
@@ -21,7 +23,16 @@ def get_args(argv=None):
     p.add_argument("--decode", default="pil", choices=decode.CHOICES,
                    help="with --gpu-aug: decode the training JPEGs with PIL in the loader, or on the device "
                         "(gpu: the loader only reads files and draws the crop box); see lib/decode.py")
+    p.add_argument("--aug", default="npid", choices=["npid", "simclr"],
+                   help="the training list: the authors' (npid), or SimCLR's as PIC runs it (PIC: contrast/data/"
+                        "transform.py 'SimCLR': flip, colour jitter 0.8 w.p. 0.8, grayscale, blur w.p. 0.5)")
+    p.add_argument("--crop-min", default=SCALE[0], type=float,
+                   help="RandomResizedCrop's smallest scale (the authors' 0.2; PIC.sh --crop 0.08)")
     args = options.parse(p, argv)
+    if args.aug == "simclr" and args.gpu_aug:
+        p.error("--aug simclr runs in the loader (PIL); --gpu-aug draws the authors' list")
+    if not 0 < args.crop_min <= 1:
+        p.error(f"--crop-min must be in (0, 1] (got {args.crop_min})")
     if args.decode != "pil" and not args.gpu_aug:
         p.error(f"--decode {args.decode} goes with --gpu-aug (the rest of the augmentation then runs on the device)")
     if args.decode == "gpu" and args.cld:
@@ -33,17 +44,40 @@ def lr_at(epoch, args):
     return options.step_lr(epoch, args, milestones=(120, 160))
 
 
-def task(args):
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(SIZE, scale=SCALE),
+class GaussianBlur:
+    """PIL's Gaussian blur of radius U(0.1, 2.0), as PIC's (contrast/data/transform.py GaussianBlur), the
+    radius drawn from torch's generator (the one SeededDataset seeds per image; theirs numpy's)."""
+
+    def __call__(self, img):
+        return img.filter(ImageFilter.GaussianBlur(radius=0.1 + 1.9 * torch.rand(()).item()))
+
+
+def train_list(args):
+    scale = (args.crop_min, 1.0)
+    if args.aug == "simclr":  # PIC's 'SimCLR' list, in their order
+        return transforms.Compose([
+            transforms.RandomResizedCrop(SIZE, scale=scale),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.RandomApply([GaussianBlur()], p=0.5),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD)])
+    return transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=scale),
         transforms.RandomGrayscale(p=0.2),
         transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(MEAN, STD)])
+
+
+def task(args):
+    scale = (args.crop_min, 1.0)
+    train_tf = train_list(args)
     if args.gpu_aug:  # images differ in size: crop with PIL, the rest batched on the device
-        train_tf = transforms.Compose([transforms.RandomResizedCrop(SIZE, scale=SCALE), transforms.PILToTensor()])
-    loader, crop, collate = decode.train_loading(args.decode, SIZE, SCALE)  # --decode gpu
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(SIZE, scale=scale), transforms.PILToTensor()])
+    loader, crop, collate = decode.train_loading(args.decode, SIZE, scale)  # --decode gpu
     train_tf = crop or train_tf
     # the authors' test transform, as their main.py writes it (= registry.eval_transform("imagenet"), tested)
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),

@@ -65,7 +65,9 @@ def init_distributed_mode(args):
         args.device = f"cuda:{local_rank}"
     else:
         args.device = "cpu"
-    backend = args.dist_backend or ("nccl" if use_cuda else "gloo")
+    # on GPUs NCCL for the device's tensors and gloo for the CPU's: the banks and the instance table
+    # are built (and broadcast from rank 0) on the CPU before they move, which NCCL alone refuses
+    backend = args.dist_backend or ("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     timeout = datetime.timedelta(minutes=30)
     if "TORCHELASTIC_RESTART_COUNT" in os.environ:
         # torchrun: after a restart, the rendezvous keys of the dead round are still in torchrun's

@@ -81,6 +81,8 @@ def parser(description, defaults):
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
+    g.add_argument("--eval-every", default=1, type=int,
+                   help="the per-epoch kNN monitor (and model_best's choice) every this many epochs, and after the last")
     g.add_argument("--knn-source", default=d["knn_source"], choices=["bank", "recompute"],
                    help="what an evaluation-only run scores against: the memory bank or recomputed features")
     g.add_argument("--baselines", action="store_true",
@@ -156,7 +158,7 @@ def add_distributed(p):
     g.add_argument("--world-size", default=1, type=int)
     g.add_argument("--rank", default=0, type=int)
     g.add_argument("--dist-url", default="tcp://127.0.0.1:23456")
-    g.add_argument("--dist-backend", default=None, help="nccl on GPUs, gloo on CPU by default")
+    g.add_argument("--dist-backend", default=None, help="default: cpu:gloo,cuda:nccl on GPUs, gloo on CPU")
     return p
 
 

@@ -99,7 +99,7 @@ RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluat
 # may change on any resume (said): the length, the logging, the evaluation's k and test subset (the
 # kNN figures and model_best's choice change with them), autocast, the number of processes (the
 # per-process batch and so BatchNorm's statistics change), the init (spent after the first step)
-ANY_RESUME_KEYS = {"epochs", "print_freq", "knn_k", "test_subset", "amp", "world_size", "init"}
+ANY_RESUME_KEYS = {"epochs", "print_freq", "knn_k", "eval_every", "test_subset", "amp", "world_size", "init"}
 EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "iter_size", "data",
                         "warmup_epochs", "sync_bn"}  # only with an explicit --resume (said)
 

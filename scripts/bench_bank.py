@@ -7,6 +7,11 @@ the ratio bank/backbone; and the extra peak memory of each bank step (RSS rise o
 peak on CUDA), each measured in a fresh process. Usage:
     python scripts/bench_bank.py                      # CIFAR and ImageNet size, K=4096, CPU
     python scripts/bench_bank.py --settings mem       # the memory bounds: K=65536 and --nce-k 0 at N=1.28M
+    python scripts/bench_bank.py --settings softmax-1.28M --pic   # + PIC's step: the N x D weight table
+--pic adds the instance classifier's step (--method pic, lib/methods.InstanceClassifier: B x N cosine
+logits, backward into the features and the table, SGD with momentum and weight decay on the table,
+the monitor bank's update) and its persistent state (table, its gradient and momentum, the bank)
+against NPID's (the bank alone).
 """
 import argparse
 import json
@@ -60,6 +65,20 @@ def make_bank(kind, B, K, N, D, device):
     bank = (NCEAverage(D, N, K, 0.07) if K else LinearAverage(D, N, 0.07)).to(device)
     x = F.normalize(torch.randn(B, D, device=device), dim=1).requires_grad_()
     y = torch.randperm(N, device=device)[:B]
+    if kind == "pic":
+        from lib.methods import InstanceClassifier
+        method = InstanceClassifier(bank, N, D, 0.2, True, init_std=0.01).to(device)
+        opt = torch.optim.SGD(method.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            loss = method(lambda v: v, x, y)
+            loss.backward()
+            method.update()
+            opt.step()
+            opt.zero_grad(set_to_none=False)  # the gradient stays allocated, as in training
+            x.grad = None
+        step.state_bytes = 4 * N * D * 4  # table, its gradient, its momentum, the monitor bank
+        return step
     if kind == "npid":
         def step():
             loss = bank.loss(x, y)
@@ -117,7 +136,7 @@ def measure_child(kind, setting, reps, device):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         step()
         mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-    return {"time": timeit(step, reps, device), "mem": mem}
+    return {"time": timeit(step, reps, device), "mem": mem, "state": getattr(step, "state_bytes", 4 * N * D)}
 
 
 def child(kind, setting, reps, device, timeout):
@@ -139,6 +158,7 @@ def main():
     p.add_argument("--backbone-reps", default=3, type=int)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-baseline", action="store_true", help="skip the per-sample-gather baseline")
+    p.add_argument("--pic", action="store_true", help="also PIC's instance-classifier step (the weight table)")
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -165,10 +185,16 @@ def main():
             return f"{1000 * r['time']:7.1f}ms {ratio:>6s} {r['mem'] / 2**20:8.1f}"
         bbs = f"{1000 * bb:7.1f}ms" if bb else f"{'-':>9s}"
         print(f"{s:14s} {B:4d} {K:6d} {N:9d} | {bbs} | {cols(ours)} | {cols(base)}", flush=True)
+        pic = child("pic", s, a.reps, a.device, 1800) if a.pic else None
+        if pic is not None:
+            print(f"{'  pic step':14s} {B:4d} {'-':>6s} {N:9d} | {bbs} | {cols(pic)} | state {pic['state'] / 2**20:.0f} MB "
+                  f"(NPID's bank {ours['state'] / 2**20:.0f} MB)" if ours else "", flush=True)
         if ours is not None:
             rows.append(dict(setting=s, B=B, K=K, N=N, backbone=arch, backbone_ms=1000 * bb if bb else None,
                              bank_ms=1000 * ours["time"], ratio=ours["time"] / bb if bb else None,
-                             bank_peak_mb=ours["mem"] / 2**20))
+                             bank_peak_mb=ours["mem"] / 2**20, bank_state_mb=ours["state"] / 2**20,
+                             **({"pic_ms": 1000 * pic["time"], "pic_peak_mb": pic["mem"] / 2**20,
+                                 "pic_state_mb": pic["state"] / 2**20} if pic else {})))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -420,6 +420,6 @@ def test_npid_clear_never_removes_what_it_did_not_write(tmp_path):
     os.symlink(tmp_path / "safe.pth", tmp_path / "out" / "supervised" / "ck.pth")  # a link to the input
     r = sh(f". scripts/env.sh; npid_clear {tmp_path / 'out'} supervised -- {tmp_path / 'out' / 'supervised' / 'ck.pth'}")
     assert r.returncode == 2 and (tmp_path / "out" / "supervised" / "ck.pth").is_symlink()
-    for script in ("fashion_mnist_eval.sh", "fashion_mnist_benchmark.sh", "quickstart.sh"):  # exact names, no globs
+    for script in ("fashion_mnist_eval.sh", "fashion_mnist_benchmark.sh", "fashion_mnist_table1.sh", "quickstart.sh"):  # exact names
         calls = [l for l in open(os.path.join(ROOT, "scripts", script)) if "npid_clear" in l or "OWN" in l]
         assert calls and not any("*" in l for l in calls), script

@@ -280,3 +280,28 @@ def test_torchrun_pic_keeps_one_table(cifar_dir, tmp_path):
     assert "diverged" not in r.stderr  # the ranks' tables and banks were equal after each window
     ck = torch.load(c / "checkpoint.pth", weights_only=True)
     assert ck["epoch"] == 2 and ck["method_head"]["weight"].shape == (200, 128)
+
+
+# --- PIC's augmentation (main.py --aug simclr) ---------------------------------------------
+
+def test_simclr_list_is_pics():
+    import main
+    from PIL import Image
+    a = main.get_args(["D", "--aug", "simclr", "--crop-min", "0.08"])
+    tf = main.train_list(a).transforms
+    names = [type(t).__name__ for t in tf]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply", "RandomGrayscale", "RandomApply",
+                     "ToTensor", "Normalize"]
+    assert tf[0].size == (224, 224) and tf[0].scale == (0.08, 1.0)
+    cj = tf[2].transforms[0]
+    got = [v for r in (cj.brightness, cj.contrast, cj.saturation, cj.hue) for v in r]
+    assert tf[2].p == 0.8 and got == pytest.approx([0.2, 1.8, 0.2, 1.8, 0.2, 1.8, -0.2, 0.2], abs=1e-12)  # 0.8, 0.8, 0.8, 0.2
+    assert tf[3].p == 0.2 and tf[4].p == 0.5 and isinstance(tf[4].transforms[0], main.GaussianBlur)
+    assert [type(t).__name__ for t in main.train_list(main.get_args(["D"])).transforms][:4] == \
+        ["RandomResizedCrop", "RandomGrayscale", "ColorJitter", "RandomHorizontalFlip"]  # the default: the authors'
+    img = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    blur = main.GaussianBlur()
+    out = lambda seed: (torch.manual_seed(seed), torch.tensor(list(blur(img).getdata())))[1]
+    assert torch.equal(out(1), out(1)) and not torch.equal(out(1), out(2))  # the radius follows torch's seed
+    with pytest.raises(SystemExit):
+        main.get_args(["D", "--aug", "simclr", "--gpu-aug"])

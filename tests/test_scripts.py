@@ -121,7 +121,8 @@ def test_augmentation_lists():
     assert [n for n, _ in _describe(te)] == ["ToTensor", "Normalize"]
     src = open(os.path.join(os.path.dirname(main.__file__), "main.py")).read()
     assert (main.SIZE, main.SCALE) == (224, (0.2, 1.0))  # the authors' crop, named once for every --decode path
-    for want in ("RandomResizedCrop(SIZE, scale=SCALE)", "RandomGrayscale(p=0.2)", "ColorJitter(0.4, 0.4, 0.4, 0.4)",
+    assert main.get_args(["D"]).crop_min == 0.2
+    for want in ("RandomResizedCrop(SIZE, scale=scale)", "RandomGrayscale(p=0.2)", "ColorJitter(0.4, 0.4, 0.4, 0.4)",
                  "RandomHorizontalFlip()", "Resize(256), transforms.CenterCrop(224)"):
         assert want in src
 
