@@ -108,13 +108,17 @@ def window_epochs(args, n):
         return
     if args.window_size > n:
         raise UserError(f"--window-size {args.window_size} is larger than the training set ({n} images)")
+    if not args.cos:  # the step schedules' milestones count epochs, which would now be windows
+        raise UserError("--window-size goes with --cos (PIC's schedule): the step schedule's milestones count "
+                        "epochs, and an epoch is then a window")
     if args.window_size % args.world_size:
         raise UserError(f"--window-size {args.window_size} must be divisible by the {args.world_size} processes")
     given = args.epochs
     args.epochs = math.ceil(args.epochs * n / args.window_size)
     args.warmup_epochs = math.ceil(args.warmup_epochs * n / args.window_size)
     print(f"sliding window: {given} epochs of {n} images = {args.epochs} windows of {args.window_size} "
-          f"(stride {args.window_stride}), warm-up {args.warmup_epochs} windows")
+          f"(stride {args.window_stride}), warm-up {args.warmup_epochs} windows; from here on (log.txt, the "
+          f"checkpoint's args, --start-epoch, --eval-every) an epoch is a window")
 
 
 def make_loaders(task, args):

@@ -1,5 +1,6 @@
 """Flags shared by main.py and cifar.py, grouped by prefix; each script sets its own defaults."""
 import argparse
+import math
 
 from .errors import UserError
 
@@ -76,7 +77,8 @@ def parser(description, defaults):
                         "Eq. 1 scores the head's output v = f(x); kNN and evaluation use the normalised one either way)")
     g.add_argument("--window-size", default=0, type=int,
                    help="PIC's sliding-window data scheduler: each epoch is a window of this many images "
-                        "(0 = off; PIC.sh: 131072), --epochs counted in passes over the data (lib/data.py)")
+                        "(0 = off; PIC.sh: 131072; with --cos), --epochs and --warmup-epochs given in passes over the "
+                        "data and run as windows; --start-epoch and --eval-every count windows (lib/data.py)")
     g.add_argument("--window-stride", default=16384, type=int, help="how far the window moves per epoch (PIC.sh: 16384)")
 
     g = p.add_argument_group("evaluation")
@@ -227,7 +229,7 @@ def _method(p, args, argv):
         args.inst_t = t if args.inst_t is None else args.inst_t
         args.inst_cosine = cos if args.inst_cosine is None else args.inst_cosine
         args.inst_feature_norm = norm if args.inst_feature_norm is None else args.inst_feature_norm
-        if args.inst_t <= 0:
+        if not math.isfinite(args.inst_t) or args.inst_t <= 0:
             p.error(f"--inst-t must be > 0 (got {args.inst_t})")
     elif given & {"inst_t", "inst_cosine", "inst_feature_norm"}:
         p.error("--inst-t, --inst-cosine and --inst-feature-norm go with --method parametric or pic")

@@ -160,10 +160,15 @@ def test_window_follows_theirs_covers_and_resumes():
 
 def test_window_epochs_rescale_as_theirs():
     class A:
-        window_size, window_stride, world_size, epochs, warmup_epochs = 131072, 16384, 1, 200, 5
+        window_size, window_stride, world_size, epochs, warmup_epochs, cos = 131072, 16384, 1, 200, 5, True
     a = A()
     window_epochs(a, 1281167)  # ImageNet's train set: PIC:main_pretrain.py's math.ceil
     assert (a.epochs, a.warmup_epochs) == (1955, 49)
+    from lib.errors import UserError
+    c = A()
+    c.cos = False  # the step milestones would count windows
+    with pytest.raises(UserError, match="goes with --cos"):
+        window_epochs(c, 1281167)
     b = A()
     b.window_size = 0
     window_epochs(b, 1281167)
@@ -172,7 +177,7 @@ def test_window_epochs_rescale_as_theirs():
 
 # --- end to end ---------------------------------------------------------------------------
 
-PIC_RUN = ["-b", "40", "--method", "pic", "--window-size", "120", "--window-stride", "50", *TINY]
+PIC_RUN = ["-b", "40", "--method", "pic", "--window-size", "120", "--window-stride", "50", "--cos", *TINY]
 
 
 def test_pic_window_resume_is_bit_exact(cifar_dir, tmp_path):
@@ -218,6 +223,7 @@ def test_default_run_is_npid_explicit_or_not(cifar_dir, tmp_path):
     (["--inst-t", "0.5"], "go with --method parametric or pic"),
     (["--method", "cld", "--no-inst-feature-norm"], "go with --method parametric or pic"),
     (["--method", "pic", "--inst-t", "0"], "--inst-t must be > 0"),
+    (["--method", "pic", "--inst-t", "nan"], "--inst-t must be > 0"),
     (["--method", "pic", "--window-size", "-1"], "--window-size must be >= 0"),
 ])
 def test_bad_flags_are_one_line(flags, msg, capsys):
@@ -229,7 +235,7 @@ def test_bad_flags_are_one_line(flags, msg, capsys):
 
 def test_bad_input_is_one_line(cifar_dir, tmp_path):
     base = ["--data", cifar_dir, *TINY, "-b", "40", "--epochs", "1", "--retrievals", "0"]
-    one_line_error(run_script("cifar.py", *base, "--method", "pic", "--window-size", "500",
+    one_line_error(run_script("cifar.py", *base, "--method", "pic", "--window-size", "500", "--cos",
                               "--checkpoint-dir", tmp_path / "w"), "larger than the training set (200 images)")
     assert run_script("cifar.py", *base, "--method", "pic", "--checkpoint-dir", tmp_path / "p").returncode == 0
     ck = tmp_path / "p" / "checkpoint.pth"
