@@ -180,13 +180,28 @@ def test_window_epochs_rescale_as_theirs():
 PIC_RUN = ["-b", "40", "--method", "pic", "--window-size", "120", "--window-stride", "50", "--cos", *TINY]
 
 
-def test_pic_window_resume_is_bit_exact(cifar_dir, tmp_path):
+class _Stop(BaseException):
+    pass
+
+
+def test_pic_window_resume_is_bit_exact(cifar_dir, tmp_path, monkeypatch):
+    from lib import engine
     common = ["--data", cifar_dir, *PIC_RUN, "--retrievals", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
-    # --epochs 2 over 200 images = ceil(2 * 200 / 120) = 4 windows; b stops after 1 pass (2 windows)
+    # --epochs 2 over 200 images = ceil(2 * 200 / 120) = 4 windows (the window order is drawn again at
+    # the third: 100 + 120 > 200); b is stopped after 2 windows (the cosine over the same 4) and resumed
     r = run_script("cifar.py", *common, "--epochs", "2", "--checkpoint-dir", a)
     assert r.returncode == 0 and "= 4 windows of 120" in r.stdout, r.stderr[-2000:]
-    assert run_script("cifar.py", *common, "--epochs", "1", "--checkpoint-dir", b).returncode == 0
+    real = engine.train_one_epoch
+
+    def stop_at_third(*args, **kw):
+        if args[4] == 2:  # epoch 2: the checkpoint of windows 0-1 is saved
+            raise _Stop()
+        return real(*args, **kw)
+    monkeypatch.setattr(engine, "train_one_epoch", stop_at_third)
+    with pytest.raises(_Stop):
+        cifar.main([str(x) for x in common] + ["--epochs", "2", "--checkpoint-dir", str(b)])
+    assert torch.load(b / "checkpoint.pth", weights_only=True)["epoch"] == 2
     r = run_script("cifar.py", *common, "--epochs", "2", "--checkpoint-dir", b)
     assert r.returncode == 0 and "auto-resuming" in r.stdout, r.stderr[-2000:]
     ca, cb = (torch.load(p / "checkpoint.pth", weights_only=True) for p in (a, b))
