@@ -20,12 +20,12 @@ cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-40}; TRAIN_SUBSET=${TRAIN_SUBSET:-10000}; TEST_SUBSET=${TEST_SUBSET:-0}; SVM_TRAIN=${SVM_TRAIN:-5000}
 DATA=${DATA:-./data}; OUT=${OUT:-checkpoints/fashion_mnist_table1}
 ALL="parametric softmax nce_1 nce_10 nce_512 nce_4096 pic"; ROWS=${ROWS:-$ALL}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-bash scripts/setup.sh
-. scripts/env.sh  # PY: the project's Python
 declare -A FLAGS=([parametric]="--method parametric" [softmax]="--nce-k 0" [nce_1]="--nce-k 1" [nce_10]="--nce-k 10"
                   [nce_512]="--nce-k 512" [nce_4096]="--nce-k 4096" [pic]="--method pic")
 for r in $ROWS; do [ -n "${FLAGS[$r]:-}" ] || { echo "error: ROWS: unknown row '$r' (rows: $ALL)" >&2; exit 2; }; done
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+bash scripts/setup.sh
+. scripts/env.sh  # PY: the project's Python
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
 OWN=()
 for r in $ROWS; do OWN+=("$r" "$r.txt" "$r.svm.txt" "$r.seconds"); done

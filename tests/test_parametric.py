@@ -326,3 +326,12 @@ def test_simclr_list_is_pics():
     assert torch.equal(out(1), out(1)) and not torch.equal(out(1), out(2))  # the radius follows torch's seed
     with pytest.raises(SystemExit):
         main.get_args(["D", "--aug", "simclr", "--gpu-aug"])
+
+
+def test_table1_script_refuses_an_unknown_row():
+    import subprocess
+    from conftest import ROOT
+    r = subprocess.run(["bash", "scripts/fashion_mnist_table1.sh"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "ROWS": "softmax nce_7"})
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: ROWS: unknown row 'nce_7' (rows: parametric softmax nce_1 nce_10 nce_512 nce_4096 pic)", r.stderr
