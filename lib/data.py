@@ -57,16 +57,21 @@ class SeededDataset(torch.utils.data.Dataset):
 class SlidingWindowSampler(torch.utils.data.Sampler):
     """PIC's sliding-window data scheduler (PIC:contrast/data/sampler.py SubsetSlidingWindowSampler,
     with --shuffle-per-epoch as their scripts/PIC.sh runs it): the N indices in a random order; an
-    epoch is the `window` consecutive ones from a start that moves by `stride` each epoch (mod N),
-    shuffled; the whole order is drawn again whenever a window would run past its end. Under torchrun
-    the ranks share the window, rank r taking every W-th index from r.
+    epoch is the `window` consecutive ones from a start that moves by `stride` each epoch (mod `wrap`),
+    shuffled; the whole order is drawn again whenever a window would run past `wrap`. `wrap` = N (the
+    default) slides the window over all N images, as their paper describes; `wrap` = window is their
+    released code, whose modulo is `len(self)`, the window size: the window then never slides, each
+    one is the first `window` of a freshly drawn order, the same images again whenever the start comes
+    back to 0 (every window/stride-th epoch). Under torchrun the ranks share the window, rank r taking
+    every W-th index from r.
 
     Theirs keeps the start and the order as state changed by each iteration (checkpointed as
     'start_index'); here they are a function of (seed, epoch), `state(epoch)`, so the epoch the
     checkpoint saves restores them exactly and any -j, resume or restart sees the same windows."""
 
-    def __init__(self, n, window, stride, seed, num_replicas=1, rank=0):
+    def __init__(self, n, window, stride, seed, num_replicas=1, rank=0, wrap=None):
         self.n, self.window, self.stride, self.seed = n, window, stride, seed
+        self.wrap = wrap or n  # N: the paper's sliding window; window: their released sampler
         self.W, self.R, self.epoch = num_replicas, rank, 0
 
     def set_epoch(self, epoch):
@@ -76,10 +81,10 @@ class SlidingWindowSampler(torch.utils.data.Sampler):
         """(start, reshuffles): the window's start and how many times the order was drawn again."""
         start = shuffles = 0
         for _ in range(epoch + 1):  # theirs: reshuffle if this window would wrap, take it, move on
-            if start + self.window > self.n:
+            if start + self.window > self.wrap:
                 shuffles += 1
             here = start
-            start = (start + self.stride) % self.n
+            start = (start + self.stride) % self.wrap
         return here, shuffles
 
     def _perm(self, k, n, salt):
@@ -89,7 +94,7 @@ class SlidingWindowSampler(torch.utils.data.Sampler):
     def indices(self, epoch):
         start, shuffles = self.state(epoch)
         order = self._perm(shuffles, self.n, 2**32 - 1)  # N
-        window = order[(torch.arange(self.window) + start) % self.n]  # window
+        window = order[(torch.arange(self.window) + start) % self.wrap]  # window
         return window[self._perm(epoch, self.window, 2**32 - 2)][self.R::self.W]
 
     def __iter__(self):
@@ -116,7 +121,8 @@ def window_epochs(args, n):
     given = args.epochs
     args.epochs = math.ceil(args.epochs * n / args.window_size)
     args.warmup_epochs = math.ceil(args.warmup_epochs * n / args.window_size)
-    print(f"sliding window: {given} epochs of {n} images = {args.epochs} windows of {args.window_size} "
+    kind = "sliding window" if getattr(args, "window_mode", "slide") == "slide" else "window (their released sampler)"
+    print(f"{kind}: {given} epochs of {n} images = {args.epochs} windows of {args.window_size} "
           f"(stride {args.window_stride}), warm-up {args.warmup_epochs} windows; from here on (log.txt, the "
           f"checkpoint's args, --start-epoch, --eval-every) an epoch is a window")
 
@@ -129,7 +135,8 @@ def make_loaders(task, args):
                   persistent_workers=args.workers > 0)
     gen = lambda: torch.Generator().manual_seed(args.seed)
     if getattr(args, "window_size", 0):
-        base = SlidingWindowSampler(len(task.train), args.window_size, args.window_stride, args.seed, W, R)
+        wrap = args.window_size if getattr(args, "window_mode", "slide") == "released" else None
+        base = SlidingWindowSampler(len(task.train), args.window_size, args.window_stride, args.seed, W, R, wrap)
     else:
         base = torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed)
     sampler = SeededSampler(base)

@@ -80,6 +80,10 @@ def parser(description, defaults):
                         "(0 = off; PIC.sh: 131072; with --cos), --epochs and --warmup-epochs given in passes over the "
                         "data and run as windows; --start-epoch and --eval-every count windows (lib/data.py)")
     g.add_argument("--window-stride", default=16384, type=int, help="how far the window moves per epoch (PIC.sh: 16384)")
+    g.add_argument("--window-mode", default="slide", choices=["slide", "released"],
+                   help="slide: the window moves over one order of all N images (PIC's paper); released: their "
+                        "released sampler.py, whose modulo is the window size, so each window is a fresh random "
+                        "draw of --window-size images, repeated every window/stride-th window")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
@@ -235,3 +239,5 @@ def _method(p, args, argv):
         p.error("--inst-t, --inst-cosine and --inst-feature-norm go with --method parametric or pic")
     if args.window_size < 0 or args.window_stride < 1:
         p.error(f"--window-size must be >= 0 and --window-stride >= 1 (got {args.window_size}, {args.window_stride})")
+    if "window_mode" in given and not args.window_size:
+        p.error("--window-mode goes with --window-size")

@@ -7,7 +7,9 @@
 # --crop 0.08 and the SimCLR list (their single-crop 'SimCLR' aug at 224 px; PIC.sh's MultiCrop is
 # 1 x 160 + 3 x 96), --window-size 131072 --window-stride 16384 --use-sliding-window-sampler
 # --shuffle-per-epoch (epochs counted in passes, rescaled to windows: 200 -> 1,955), amp O1 (fp16 here).
-# The kNN monitor every 98 windows (about 10 passes) and after the last.
+# The kNN monitor every 98 windows (about 10 passes) and after the last. The window slides over all the
+# images as their paper describes; their released sampler.py wraps at the window size instead (a fresh
+# random window each time): add --window-mode released for that.
 #   GPUS=4 EPOCHS=200 bash scripts/imagenet_pic.sh /path/to/imagenet [extra flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."

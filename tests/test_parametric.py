@@ -117,7 +117,8 @@ def test_defaults_and_inits():
 # --- the sliding window ---------------------------------------------------------------------
 
 def _their_states(n, window, stride, epochs):
-    """PIC's sampler as their __iter__ moves it (shuffle_per_epoch): (start, reshuffles) per epoch."""
+    """PIC's sampler's __iter__ (shuffle_per_epoch) with its modulo over all n, the paper's sliding window:
+    (start, reshuffles) per epoch. (As released it wraps at the window: test_released_window_is_their_code.)"""
     start, shuffles, out = 0, 0, []
     for _ in range(epochs):
         if start + window > n:
@@ -156,6 +157,31 @@ def test_window_follows_theirs_covers_and_resumes():
         r.set_epoch(4)
     a, b = (list(r) for r in ranks)
     assert len(a) == len(b) == window // 2 and not set(a) & set(b) and set(a) | set(b) == set(s.indices(4).tolist())
+
+
+def test_released_window_is_their_code():
+    """--window-mode released: PIC:contrast/data/sampler.py as released, whose `np.mod(..., len(self))`
+    wraps at `__len__` = window_size: step by step as their __iter__ runs, the window never slides; each
+    is the first `window` of a freshly drawn order, and the same images come back when the start is 0."""
+    n, window, stride, epochs = 100, 32, 8, 12
+    start, shuffles, theirs = 0, 0, []
+    for _ in range(epochs):  # their __iter__, with len(self) == window
+        if start + window > window:
+            shuffles += 1
+        theirs.append((start, shuffles))
+        start = (start + stride) % window
+    r = SlidingWindowSampler(n, window, stride, seed=3, wrap=window)
+    assert [r.state(e) for e in range(epochs)] == theirs
+    sets = [set(r.indices(e).tolist()) for e in range(epochs)]
+    for e in range(epochs):
+        start, k = r.state(e)
+        assert sets[e] == set(r._perm(k, n, 2**32 - 1)[:window].tolist())  # the order's first `window`
+    repeats = [e for e in range(1, epochs) if sets[e] == sets[e - 1]]
+    assert repeats == [4, 8]  # start back at 0 every window / stride = 4 windows: no new draw
+    assert all(len(sets[e] & sets[e - 1]) < window for e in range(1, epochs) if e not in repeats)
+    slide = SlidingWindowSampler(n, window, stride, seed=3)  # the default slides: overlap window - stride
+    assert all(len(set(slide.indices(e).tolist()) & set(slide.indices(e - 1).tolist())) == window - stride
+               for e in range(1, 8))
 
 
 def test_window_epochs_rescale_as_theirs():
@@ -219,6 +245,9 @@ def test_pic_window_resume_is_bit_exact(cifar_dir, tmp_path, monkeypatch):
     # evaluation reads the checkpoint as any other: the 128-d features
     r = run_script("cifar.py", "--data", cifar_dir, *TINY, "--test-only", "--resume", a / "checkpoint.pth")
     assert r.returncode == 0 and "kNN" in r.stdout, r.stderr[-2000:]
+    # the released sampler's windows are another run's
+    one_line_error(run_script("cifar.py", *common, "--epochs", "2", "--window-mode", "released", "--checkpoint-dir", a),
+                   "--window-mode slide -> released")
 
 
 def test_default_run_is_npid_explicit_or_not(cifar_dir, tmp_path):
@@ -240,6 +269,7 @@ def test_default_run_is_npid_explicit_or_not(cifar_dir, tmp_path):
     (["--method", "pic", "--inst-t", "0"], "--inst-t must be > 0"),
     (["--method", "pic", "--inst-t", "nan"], "--inst-t must be > 0"),
     (["--method", "pic", "--window-size", "-1"], "--window-size must be >= 0"),
+    (["--method", "pic", "--window-mode", "released"], "--window-mode goes with --window-size"),
 ])
 def test_bad_flags_are_one_line(flags, msg, capsys):
     with pytest.raises(SystemExit) as e:
