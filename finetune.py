@@ -51,7 +51,7 @@ def get_args(argv=None):
     p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width (--pretrained none: default 64)")
     g = p.add_argument_group("the labelled subset")
     g.add_argument("--labels", default=None, help="'1%%', '10%%' (each class's share) or '60/class'")
-    g.add_argument("--subset-seed", default=0, type=int, help="the seed of the class-balanced draw")
+    g.add_argument("--subset-seed", default=0, type=options.seed("--subset-seed"), help="the seed of the class-balanced draw")
     g.add_argument("--subset-file", default=None, help="instead of --labels: one training file name per line "
                    "(SimCLR's imagenet_subsets/1percent.txt), or the subset.txt of another run")
     g = p.add_argument_group("recipe (defaults: the --recipe's values)")
@@ -241,10 +241,14 @@ def run_file(args, tag, setting, C):
 
 def check_folder(args, C):
     """The run identity of the folder (`run.json`, written at a run's start): a folder that holds
-    another run (a grid beside a single setting, another subset, ...) is refused before anything
-    is written, even if that run stopped before its first checkpoint. Returns this run's identity."""
+    another run (a grid beside a single setting, another subset, ...), or files of no run of this
+    script, is refused before anything is written, even if that run stopped before its first
+    checkpoint. Returns this run's identity."""
     identity = {**runs.plain_args(args), "num_classes": C}
     path = os.path.join(args.checkpoint_dir, "run.json")
+    if not os.path.isfile(path) and os.path.isdir(args.checkpoint_dir) and os.listdir(args.checkpoint_dir):
+        raise UserError(f"--checkpoint-dir '{args.checkpoint_dir}' holds files that finetune.py did not write (no "
+                        "run.json); give a new or empty folder")
     if args.no_auto_resume or not os.path.isfile(path):
         return identity
     try:

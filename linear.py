@@ -182,7 +182,7 @@ class CachedBatches:
     def epoch(self, epoch):
         order = self.idx
         if self.shuffle:  # a fixed order per (seed, epoch): a resumed run sees the same batches
-            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed * 9973 + epoch))]
+            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed((self.seed * 9973 + epoch) % 2**63))]
         for a in range(0, len(order), self.bs):
             i = order[a:a + self.bs]
             yield {k: v[i].to(self.device) for k, v in self.feats.items()}, self.labels[i].to(self.device)

@@ -24,6 +24,7 @@ from datasets import num_classes as classes_of, registry
 from lib import amp, checkpoint, export, features, knn, report, retrieval
 from lib import dist as du
 from lib.errors import UserError, exit_on_error
+from lib import options
 from lib.options import _Parser
 
 DATASETS = ("imagenet", *registry.SMALL, "voc07")
@@ -52,7 +53,7 @@ def get_args(argv=None):
     g.add_argument("--num-queries", default=16, type=int, help="random val images as queries (seeded)")
     g.add_argument("--queries", nargs="+", default=None, metavar="I|PATH",
                    help="the queries: val indices, or val image paths (image folders)")
-    g.add_argument("--seed", default=0, type=int, help="the seed of the queries and of the map's subset")
+    g.add_argument("--seed", default=0, type=options.seed(), help="the seed of the queries and of the map's subset")
     g.add_argument("--knn-k", default=200, type=int, help="neighbours of the kNN figure")
     g.add_argument("--knn-t", default=0.1, type=float, help="kNN sigma (cifar.py's --nce-t)")
     g = p.add_argument_group("the map")
@@ -86,7 +87,7 @@ def check_args(args):
         ("-k", args.k, 1), ("--num-queries", args.num_queries, 1), ("--knn-k", args.knn_k, 1),
         ("--map-points", args.map_points, 3), ("--projector", args.projector, 0), ("--nprobe", args.nprobe, 1),
         ("-b", args.batch_size, 1), ("-j", args.workers, 0), ("--train-subset", args.train_subset, 0),
-        ("--test-subset", args.test_subset, 0), ("--seed", args.seed, 0)) if v < m]
+        ("--test-subset", args.test_subset, 0)) if v < m]
     if args.nlist is not None and args.nlist < 1:
         low.append(f"--nlist {args.nlist} (must be >= 1)")
     if low:
@@ -113,8 +114,6 @@ def check_args(args):
                                 ("--faiss-index ivf", args.faiss_index != "flat"), ("--nlist", args.nlist is not None)) if v}
         if given:
             raise UserError(f"{', '.join(sorted(given))}: options of --index searches, not of the page")
-        if args.save_features and not args.save_features.endswith(".pt"):
-            raise UserError(f"--save-features '{args.save_features}': give a .pt name (its .npz twin is written beside it)")
         if not (args.pretrained or args.features or args.compare):
             raise UserError("give the features: --pretrained CKPT, --features FILE or --compare FILE")
         if args.dataset == "imagenet" and not args.root:
@@ -142,11 +141,7 @@ def as_labels(targets):
 
 
 def class_names(ds, labels):
-    names = export.class_names(ds)
-    if not names and labels.dim() == 2:
-        from datasets.voc import CLASSES
-        names = list(CLASSES)
-    return names or [str(c) for c in range(int(labels.max()) + 1)]
+    return export.class_names(ds) or [str(c) for c in range(int(labels.max()) + 1)]
 
 
 def loader(args, ds):
@@ -187,9 +182,8 @@ def file_source(args, path, data, labels, names, obj=None):
         if theirs.shape != labels[s].shape or not torch.equal(theirs, labels[s]):
             raise UserError(f"{what} images whose {s} labels differ from this dataset's (another dataset, subset "
                             "or class order)")
-        paths = f.get(f"{s}_paths")
-        if paths is not None and hasattr(data[s], "samples") and bare_names(paths) != bare_names(
-                [p for p, _ in data[s].samples]):
+        paths, here = f.get(f"{s}_paths"), export.image_paths(data[s])
+        if (paths is None) != (here is None) or (here is not None and bare_names(paths) != bare_names(here)):
             raise UserError(f"{what} other {s} image files than '{args.root or args.data}' holds")
     if f.get("classes") and list(f["classes"]) != names:
         raise UserError(f"{what} classes {list(f['classes'])[:3]}..., this dataset has {names[:3]}...")
@@ -236,20 +230,22 @@ def load_sources(args, data, labels, names, autocast):
 # --- the queries ------------------------------------------------------------------------------
 
 def pick_queries(args, val):
+    """Positions in the val split (a --test-subset's positions are not the dataset's indices): drawn
+    with --seed, or --queries given as the dataset's val indices or val image paths."""
     n = len(val)
     if not args.queries:
         return torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[:args.num_queries].tolist()
-    by_path = {}
-    if hasattr(val, "samples"):
-        by_path = {os.path.realpath(p): i for i, (p, _) in enumerate(val.samples)}
+    by_index = {d: i for i, d in enumerate(export.source_indices(val)[1])}
+    by_path = {os.path.realpath(p): i for i, p in enumerate(export.image_paths(val) or [])}
     out = []
     for q in args.queries:
-        if q.isdecimal() and q.isascii() and int(q) < n:
-            out.append(int(q))
+        if q.isdecimal() and q.isascii() and int(q) in by_index:
+            out.append(by_index[int(q)])
         elif os.path.realpath(q) in by_path:
             out.append(by_path[os.path.realpath(q)])
         else:
-            raise UserError(f"--queries '{q}' is neither a val index (0..{n - 1}) nor a val image of this dataset")
+            where = f"one of the {n} of --test-subset" if args.test_subset else f"0..{n - 1}"
+            raise UserError(f"--queries '{q}' is neither a val index ({where}) nor a val image of this split")
     return out
 
 
@@ -261,12 +257,13 @@ THUMB = re.compile(r"thumbs/(train|val)-\d+\.(png|jpg)")
 
 def own_files(out, manifest):
     """The files of an earlier page that a rerun may replace: the manifest's entries that are plain
-    files inside `out` (no '..', no link), never anything a forged or stale manifest names elsewhere."""
+    files inside `out` (no '..', no link), never anything a forged or stale manifest names elsewhere;
+    a listed file that is gone is not one (a rerun then has nothing of it to remove)."""
     root = os.path.realpath(out)
     mine = set()
     for f in manifest.get("files", []) if isinstance(manifest, dict) else []:
         p = os.path.join(out, str(f))
-        if os.path.islink(p) or os.path.realpath(p) != os.path.join(root, os.path.normpath(str(f))) \
+        if os.path.islink(p) or not os.path.isfile(p) or os.path.realpath(p) != os.path.join(root, os.path.normpath(str(f))) \
                 or not os.path.realpath(p).startswith(root + os.sep):
             continue
         mine.add(os.path.normpath(str(f)))
@@ -304,17 +301,11 @@ def check_out(args):
     for p in given:
         if page_writes(p, out):
             raise UserError(f"'{p}' lies among the files this page writes in '{out}'; move it out, or give another --out")
-    if args.save_features:
-        sf = os.path.realpath(args.save_features)
-        if sf in {os.path.realpath(p) for p in given}:
-            raise UserError(f"--save-features '{args.save_features}' is one of the inputs")
-        if page_writes(sf, out):
+    if args.save_features:  # only the files of this page's earlier run in --out are replaced; never an input
+        export.check_target(args.save_features, "--save-features", given, force_flag=None,
+                            replaceable={os.path.realpath(os.path.join(out, f)) for f in mine})
+        if page_writes(args.save_features, out):
             raise UserError(f"--save-features '{args.save_features}' is one of the page's own files; give another name")
-        for f in (sf, os.path.splitext(sf)[0] + ".npz"):
-            rel = os.path.relpath(f, os.path.realpath(out))
-            if os.path.exists(f) and not (inside(f, out) and rel in mine):
-                raise UserError(f"--save-features: '{f}' exists; give a new name (only files of this page's "
-                                "earlier run in --out are replaced)")
     checkpoint.check_writable_dir(out, "--out")
     return mine
 
@@ -343,6 +334,8 @@ def page(args):
     autocast = amp.autocast_for(args.amp, device_of(args).type)
     data = open_splits(args, registry.eval_transform(args.dataset))
     retrieval.check_k(args.k, len(data["train"]))
+    if args.map and len(data["val"]) < 2:  # t-SNE's perplexity must stay below the number of points
+        raise UserError(f"--map needs at least 2 val images; the val split here has {len(data['val'])}")
     labels = {s: as_labels(data[s].targets) for s in data}
     names = class_names(data["train"], labels["train"])
     num_classes = len(names) if labels["train"].dim() == 2 else classes_of(data["train"])
@@ -370,8 +363,9 @@ def page(args):
              + ("; raw pixels at 32 x 32" if args.dataset not in registry.SMALL and not args.no_raw else ""),
              "sources: " + "; ".join(s["name"] if s["name"] == s["path"] else f"{s['name']}: {s['path'] or 'the [0, 1] pixels'}"
                                      for s in sources)]
+    ids = {s: export.source_indices(data[s])[1] for s in data}  # what the page and its manifest name
     retrieval.write_page(args.out, title, notes, sources, queries, labels["val"], labels["train"], names, thumbs,
-                         pixelated=args.dataset in registry.SMALL)
+                         pixelated=args.dataset in registry.SMALL, ids=ids)
     files += ["index.html"] + list(thumbs.written.values())
     if args.map:
         n, secs = retrieval.write_map(os.path.join(args.out, "map.png"), [(s["name"], s["val"]) for s in sources],
@@ -390,7 +384,8 @@ def page(args):
     for f in mine - rel:  # the last page's thumbnails and map that this one does not have
         if THUMB.fullmatch(f) or f == "map.png":
             os.remove(os.path.join(args.out, f))
-    retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k, queries=queries,
+    retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k,
+                                            queries=[ids["val"][q] for q in queries],
                                             sources=[dict(name=s["name"], path=s["path"], precision=s["precision"],
                                                           knn=s["knn"]) for s in sources]))
     print(f"page: {os.path.join(args.out, 'index.html')} ({len(queries)} queries x {len(sources)} sources x top {args.k}, "
@@ -459,9 +454,11 @@ def index_search(args):
     names = list(idx.get("classes") or [])
     paths = idx.get("train_paths")
     labels = torch.as_tensor(idx["train_labels"])
+    ids = idx.get("train_indices")  # each row's index in its dataset (a subset's row 0 may be image 111)
+    ids = ids.tolist() if torch.is_tensor(ids) and len(ids) == len(bank) else list(range(len(bank)))
     results = []
     for r, path in enumerate(args.query):
-        hits = [dict(rank=j + 1, index=int(i), similarity=float(s), cls=retrieval.class_text(labels[int(i)], names),
+        hits = [dict(rank=j + 1, index=ids[int(i)], similarity=float(s), cls=retrieval.class_text(labels[int(i)], names),
                      path=paths[int(i)] if paths else None) for j, (s, i) in enumerate(zip(sims[r], nn[r])) if i >= 0]
         results.append(dict(query=path, neighbours=hits))
         print(f"query {path}:")

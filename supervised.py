@@ -19,7 +19,7 @@ from lib.errors import UserError, exit_on_error
 
 # cifar.py flags this script does not implement: set, they would be silently ignored (or crash)
 UNSUPPORTED = ("cld", "evaluate", "resume", "start_epoch", "amp", "compile", "iter_size", "sync_bn", "baselines",
-               "export_features", "export_embedding", "world_size", "method", "window_size", "eval_every")
+               "export_features", "export_embedding", "force", "world_size", "method", "window_size", "eval_every")
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from datasets import num_classes as classes_of, registry
 from lib import dist as du, features, knn, report, svm
 from lib.errors import UserError, exit_on_error
+from lib import options
 from lib.options import _Parser
 
 DATASETS = ("voc07", "imagenet", *registry.SMALL)
@@ -38,7 +39,7 @@ def get_args(argv=None):
     p.add_argument("--k-list", default=None, help="low-shot k values (default 1,2,4,8,16,32,64,96; a default k "
                    "some class cannot supply is skipped)")
     p.add_argument("--samples", default=svm.SAMPLES, type=int, help="independent low-shot samples per k")
-    p.add_argument("--seed", default=0, type=int, help="seed of the low-shot samples and of the subsets")
+    p.add_argument("--seed", default=0, type=options.seed(), help="seed of the low-shot samples and of the subsets")
     p.add_argument("--knn", default=0, type=int, help="also the weighted kNN top-1 with this k on the same layer "
                    "(single-label datasets; 0 = off)")
     p.add_argument("--knn-t", default=0.1, type=float, help="kNN sigma (cifar.py's --nce-t)")
@@ -92,8 +93,6 @@ def check_args(args):
         raise UserError("; ".join(low))
     if not 1 / 88 <= args.knn_t < math.inf:  # exp(similarity / T) of unit vectors overflows float32 below 1/88
         raise UserError(f"--knn-t must be > 0: at least 1/88 and finite (got {args.knn_t})")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0 (got {args.seed})")
 
 
 def summary(ap, t_test, single, folds):

@@ -1,6 +1,7 @@
 import collections
 import re
 
+import numpy as np
 import torch
 
 from lib.checkpoint import write_text_atomic
@@ -8,11 +9,16 @@ from lib.errors import UserError
 
 
 class InstanceSubset(torch.utils.data.Dataset):
-    """A fixed subset whose index is the position in the subset (the bank has one row per sample)."""
+    """A fixed subset whose index is the position in the subset (the bank has one row per sample);
+    `indices` are the dataset's own (lib/export.source_indices reads through nested subsets)."""
 
     def __init__(self, dataset, indices):
         self.dataset, self.indices = dataset, list(indices)
-        self.targets = [int(dataset.targets[i]) for i in self.indices]
+        t = dataset.targets
+        if len(t) and np.ndim(t[0]):  # multi-label (VOC's 20-vectors): the rows, as the dataset holds them
+            self.targets = np.asarray(t)[self.indices]
+        else:
+            self.targets = [int(t[i]) for i in self.indices]
 
     @property
     def classes(self):

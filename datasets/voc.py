@@ -45,6 +45,7 @@ class VOC2007Instance(torch.utils.data.Dataset):
         with open(ids_file) as f:  # sorted, as create_voc_data_files.py: the order sets the CV folds
             self.ids = sorted(line.split()[0] for line in f if line.strip())
         self.root, self.transform = root, transform
+        self.classes = list(CLASSES)  # the class names every feature file and page shows
         self.targets = np.stack([parse_annotation(os.path.join(root, "Annotations", i + ".xml")) for i in self.ids])
 
     def __len__(self):

@@ -12,7 +12,7 @@ import torch
 from .errors import UserError, brief
 
 
-def _write_atomic(path, write, what):
+def write_atomic(path, write, what):
     """write(f) into a temp file in the same folder, fsync, rename over `path`, fsync the folder: a
     reader sees the old file or the new one, never a half-written one. An OSError (disk full,
     read-only, ...) removes the temp file and is one UserError line naming `path`."""
@@ -72,7 +72,7 @@ def _fsync_dir(d):
 
 def save_atomic(obj, path):
     """torch.save to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    _write_atomic(path, lambda f: torch.save(obj, f), "checkpoint")
+    write_atomic(path, lambda f: torch.save(obj, f), "checkpoint")
 
 
 def write_text_atomic(path, text, what="file"):
@@ -81,7 +81,7 @@ def write_text_atomic(path, text, what="file"):
         with open(path, encoding="utf-8", errors="replace") as f:
             if f.read() == text:
                 return
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")), what)
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), what)
 
 
 def copy_atomic(src, dst):
@@ -89,7 +89,7 @@ def copy_atomic(src, dst):
     def write(f):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
-    _write_atomic(dst, write, "copy of the checkpoint")
+    write_atomic(dst, write, "copy of the checkpoint")
 
 
 def sha256(path):
@@ -208,7 +208,7 @@ def convert_legacy(ck):
 
 def _check_file(path, what, prefix=""):
     if not os.path.isfile(path):
-        raise UserError(f"{prefix}no {what} file at '{path}'")
+        raise UserError(f"{prefix}no {what if what.endswith('file') else what + ' file'} at '{path}'")
     if os.path.getsize(path) == 0:
         raise UserError(f"{prefix}'{path}' is empty (0 bytes): not a {what}; it was cut off while being written "
                         "or copied, use another copy")

@@ -140,8 +140,15 @@ def make_loaders(task, args):
     else:
         base = torch.utils.data.DistributedSampler(task.train, W, R, shuffle=True, seed=args.seed)
     sampler = SeededSampler(base)
+    # --head mlp-bn: BatchNorm cannot normalise a batch of one image, so a last batch of exactly one
+    # (every rank's: the samplers give each rank as many) is dropped; any other run sees every batch
+    lone = getattr(args, "head", "linear") == "mlp-bn" and len(base) % (args.batch_size // W) == 1
+    if lone:
+        print(f"note: --head mlp-bn: each epoch's last batch would hold 1 image per process, which BatchNorm "
+              f"cannot normalise; it is left out (1 of {len(base)} images an epoch, a different one each epoch)")
     train = torch.utils.data.DataLoader(SeededDataset(task.train, args.seed), batch_size=args.batch_size // W,
-                                        sampler=sampler, generator=gen(), collate_fn=task.collate, **common)
+                                        sampler=sampler, generator=gen(), collate_fn=task.collate, drop_last=lone,
+                                        **common)
     bs = max(1, args.batch_size // W)
     train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
     val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)

@@ -23,7 +23,7 @@ from .errors import UserError, exit_on_error
 from .methods import build_method
 from .runs import (ANY_RESUME_KEYS, EXPLICIT_RESUME_KEYS, RUNTIME_KEYS, bank_from_checkpoint,  # noqa: F401
                    check_same_data, check_same_run, git_sha, load_method_head, load_model_weights, plain_args,
-                   resume, rng_state, save)
+                   resume, resume_path, rng_state, save)
 
 
 @dataclass
@@ -47,6 +47,10 @@ class Task:
 def check_args(args, n_train):
     if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
         raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
+    if getattr(args, "force", False) and not getattr(args, "export_features", None):
+        raise UserError("--force goes with --export-features (it replaces an existing OUT)")
+    if getattr(args, "export_features", None):  # before any work: never an input, never another file
+        export.check_target(args.export_features, "--export-features", [resume_path(args)[0]], args.force)
     if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1 or args.eval_every < 1:
         raise UserError("--low-dim, -b, --iter_size and --eval-every must be >= 1 and --epochs >= 0")
     if args.nce_t <= 0:
@@ -215,7 +219,7 @@ def _run(args, make_task):
         res, feats = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
         if args.export_features or args.export_embedding:
-            export.run(args, model, feats, task, loaders[2], device, autocast, args.knn_source)
+            export.run(args, model, feats, task, loaders[2], device, autocast, args.knn_source, resume_path(args)[0])
         du.cleanup(barrier=True)
         return res
 

@@ -12,39 +12,76 @@ from . import report
 from .errors import UserError
 
 
-def _paths(ds):
-    """Image paths of an ImageFolder (through InstanceSubset too), else None (CIFAR: arrays in memory)."""
-    if hasattr(ds, "indices") and hasattr(ds, "dataset"):
-        p = _paths(ds.dataset)
-        return None if p is None else [p[i] for i in ds.indices]
-    return [p for p, _ in ds.samples] if hasattr(ds, "samples") else None
+def source_indices(ds):
+    """(the dataset under any subsets, its own index of each of ds's positions): a subset's position
+    0 may be image 111 of the dataset, and files and lines name the dataset's index."""
+    idx = list(range(len(ds)))
+    while hasattr(ds, "indices") and hasattr(ds, "dataset"):  # InstanceSubset, torch's Subset, nested
+        idx = [ds.indices[i] for i in idx]
+        ds = ds.dataset
+    return ds, [int(i) for i in idx]
+
+
+def image_paths(ds):
+    """The image file of each of ds's positions (image folders, through subsets); None for the
+    datasets held as arrays (CIFAR, Fashion-MNIST, VOC's list)."""
+    base, idx = source_indices(ds)
+    samples = getattr(base, "samples", None)
+    return None if samples is None else [samples[i][0] for i in idx]
 
 
 def class_names(ds):
     """The class list of a dataset (through subsets), [] if it has none."""
-    return list(getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None) or [])
+    return list(getattr(source_indices(ds)[0], "classes", None) or [])
 
 
 def record(train_feats, train_labels, val_feats, val_labels, train_ds, val_ds, **meta):
     """The one feature-file layout (--export-features, retrieve.py --save-features, its --index):
-    train/val features, labels and indices, the class names, the image paths of an image folder, and
-    `meta` (dataset, arch, checkpoint, checkpoint_sha256: the network that made them, train_source)."""
+    train/val features and labels, each row's index in its dataset (not its position in a subset),
+    the class names, the image paths of an image folder, and `meta` (dataset, arch, checkpoint,
+    checkpoint_sha256: the network that made them, train_source)."""
     out = {"train_features": train_feats.float().cpu(), "train_labels": torch.as_tensor(train_labels),
-           "train_indices": torch.arange(len(train_feats)), "val_features": val_feats.float().cpu(),
-           "val_labels": torch.as_tensor(val_labels), "val_indices": torch.arange(len(val_feats)),
+           "val_features": val_feats.float().cpu(), "val_labels": torch.as_tensor(val_labels),
            "classes": class_names(val_ds), **meta}
-    for split, ds in (("train", train_ds), ("val", val_ds)):
-        p = _paths(ds)
+    for split, ds, feats in (("train", train_ds, train_feats), ("val", val_ds, val_feats)):
+        idx = source_indices(ds)[1]
+        if len(idx) != len(feats):
+            raise RuntimeError(f"export.record: {len(feats)} {split} features for {len(idx)} images")
+        out[f"{split}_indices"] = torch.as_tensor(idx, dtype=torch.long)
+        p = image_paths(ds)
         if p is not None:
             out[f"{split}_paths"] = p
     return out
 
 
+def twin(path):
+    """The .npz beside a .pt feature file."""
+    return os.path.splitext(path)[0] + ".npz"
+
+
+def check_target(path, flag, inputs=(), force=False, replaceable=(), force_flag="--force"):
+    """Where a feature file may be written, checked before any work: a .pt name (its .npz twin goes
+    beside it), never one of the `inputs` (not even with --force), never over an existing file (or
+    twin) unless `force` or it is in `replaceable` (realpaths of files this very output wrote)."""
+    if not str(path).endswith(".pt"):
+        raise UserError(f"{flag} '{path}': give a .pt name (its .npz twin is written beside it)")
+    given = {os.path.realpath(p) for p in inputs if p}
+    for f in (path, twin(path)):
+        if os.path.isdir(f):
+            raise UserError(f"{flag}: '{f}' is a folder; give a file name")
+        if os.path.realpath(f) in given:
+            raise UserError(f"{flag}: '{f}' is one of the inputs; give another name")
+        if os.path.lexists(f) and not force and os.path.realpath(f) not in replaceable:
+            how = f", or {force_flag} to replace it" if force_flag else ""
+            raise UserError(f"{flag}: '{f}' exists; give a new name{how}")
+
+
 def save(out, path):
-    """`path` (.pt, read by torch.load(weights_only=True)) and its .npz twin."""
+    """`path` (.pt, read by torch.load(weights_only=True)) and its .npz twin, each written atomically."""
     checkpoint.save_atomic(out, path)
-    npz = os.path.splitext(path)[0] + ".npz"
-    np.savez(npz, **{k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()})
+    npz = twin(path)
+    arrays = {k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()}
+    checkpoint.write_atomic(npz, lambda f: np.savez(f, **arrays), "feature file")
     return npz
 
 
@@ -82,16 +119,16 @@ def projector(log_dir, feats, labels, thumbs, names, tag="val_features"):
         w.add_embedding(feats, metadata=meta, label_img=thumbs, tag=tag)
 
 
-def run(args, model, train_feats, task, val_loader, device, autocast, source):
-    """Writes args.export_features (and its .npz twin) and/or the projector embedding. Collective
-    under torchrun (the val features); rank 0 writes."""
+def run(args, model, train_feats, task, val_loader, device, autocast, source, ckpt_path):
+    """Writes args.export_features (and its .npz twin) and/or the projector embedding; `ckpt_path` the
+    checkpoint evaluated (given or the latest). Collective under torchrun (the val features); rank 0 writes."""
     val, val_labels, val_idx = features.extract_features(model, val_loader, device, "embed", autocast=autocast)
     if not du.is_main_process():
         return
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)))
     if args.export_features:
         out = record(train_feats, train_labels, val, val_labels, task.train_eval, task.val, train_source=source,
-                     arch=args.arch, checkpoint=args.resume, checkpoint_sha256=checkpoint.sha256(args.resume),
+                     arch=args.arch, checkpoint=ckpt_path, checkpoint_sha256=checkpoint.sha256(ckpt_path),
                      dataset=getattr(args, "dataset", "imagenet"))
         npz = save(out, args.export_features)
         print(f" * features: train {tuple(out['train_features'].shape)} ({source}), val {tuple(val.shape)} -> "

@@ -249,7 +249,8 @@ def _sum_over_ranks(t, device):
 @torch.no_grad()
 def extract_features(model, loader, device, layer="embed", pool=None, autocast=None, progress=True):
     """(feats float32 N x D on the CPU, labels long N, indices long N) of loader.dataset, whose
-    loader yields (img, target, index); row i is dataset index i. `layer` a name of LAYERS (or a
+    loader yields (img, target, index); row i is item i of loader.dataset (a subset: its position; the
+    dataset's own index: lib/export.source_indices). `layer` a name of LAYERS (or a
     tuple of names: feats is then {name: N x D}); 'embed' calls model(x) itself, so any module
     returning the embedding works. Sharded over torchrun ranks and gathered on every rank."""
     names = (layer,) if isinstance(layer, str) else tuple(layer)

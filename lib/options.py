@@ -11,6 +11,25 @@ METHODS = ["npid", "cld", "parametric", "pic"]
 INSTANCE_DEFAULTS = {"parametric": (1.0, False, False), "pic": (0.2, True, True)}
 
 
+SEED_MAX = 2**63 - 1  # torch's generators take 64 bits: the seed plus a rank or an epoch still fits
+
+
+def seed(flag="--seed"):
+    """The argparse type of every --seed / --subset-seed: a whole number in 0..2^63 - 1 (a larger
+    one overflowed torch's seed: a traceback), else argparse's one-line error naming `flag`."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {flag} '{text}' (a whole number)") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 0 (got {v})")
+        if v > SEED_MAX:
+            raise argparse.ArgumentTypeError(f"{flag} {v} is above {SEED_MAX} (2^63 - 1)")
+        return v
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -97,6 +116,8 @@ def parser(description, defaults):
     g.add_argument("--export-features", default=None, metavar="OUT",
                    help="with -e/--test-only: write the 128-d train (bank, or recomputed with --knn-source "
                         "recompute) and val features, labels and indices to OUT (.pt) and OUT's .npz")
+    g.add_argument("--force", action="store_true",
+                   help="with --export-features: replace an existing OUT and its .npz (never the evaluated checkpoint)")
     g.add_argument("--export-embedding", default=0, type=int, metavar="N",
                    help="with -e/--test-only: a TensorBoard projector embedding of N val features, labels, thumbnails")
 
@@ -107,7 +128,7 @@ def parser(description, defaults):
                    "with the same folder continues from its latest checkpoint")
     g.add_argument("--no-auto-resume", action="store_true", help="start afresh even if --checkpoint-dir has a checkpoint")
     g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
-    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--seed", default=0, type=seed(), help="the seed of the init, the data order, the crops and the negatives")
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
                    help="autocast the backbone; the bank stays float32. auto: bf16 on a CPU with native bfloat16, else off")
@@ -140,7 +161,7 @@ def add_run(p, checkpoint_help, seed_help="the seed"):
     g.add_argument("--checkpoint-dir", default=None, help=checkpoint_help)
     g.add_argument("--no-auto-resume", action="store_true")
     g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
-    g.add_argument("--seed", default=0, type=int, help=seed_help)
+    g.add_argument("--seed", default=0, type=seed(), help=seed_help)
     g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
     return g

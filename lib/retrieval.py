@@ -88,7 +88,7 @@ class FaissIndex:
             # k-means on a seeded sample of 40 points per cell
             m = min(n, train_size or 40 * nlist)  # FAISS wants >= 39 per cell
             pick = np.random.default_rng(seed).choice(n, m, replace=False) if m < n else np.arange(n)
-            self.index.cp.seed = seed
+            self.index.cp.seed = seed % 2**31  # a C int
             self.index.train(x[np.sort(pick)])
             self.index.nprobe = max(1, min(nprobe, nlist))
         else:
@@ -156,11 +156,12 @@ def _figure(kind, src, caption, title):
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def write_page(out, title, notes, sources, queries, q_labels, train_labels, names, thumb, pixelated):
+def write_page(out, title, notes, sources, queries, q_labels, train_labels, names, thumb, pixelated, ids):
     """out/index.html: a metrics table (per source: precision@K over all val images, kNN top-1),
     then for each query one row per source: the query, then its top-K training images with class,
     similarity, and a red mark where the class differs from the query's. `sources`: dicts with
-    name, precision, knn, sims and idx (len(queries) x K); `thumb(split, index)` -> relative path."""
+    name, precision, knn, sims and idx (len(queries) x K), positions in the splits; `thumb(split,
+    position)` -> relative path; `ids[split][position]`: the dataset's index, the one shown."""
     e = html.escape
     k = sources[0]["idx"].shape[1]
     rows = "".join(f"<tr><td>{e(s['name'])}</td><td>{s['precision']:.2f}</td><td>{s['knn']}</td></tr>" for s in sources)
@@ -174,16 +175,16 @@ def write_page(out, title, notes, sources, queries, q_labels, train_labels, name
              "cosine similarity to the query.</p>"]
     for r, q in enumerate(queries):
         qname = class_text(q_labels[q], names)
-        parts.append(f"<div class='q'><h2>query {r + 1}: val image {q}, class {e(qname)}</h2>")
+        parts.append(f"<div class='q'><h2>query {r + 1}: val image {ids['val'][q]}, class {e(qname)}</h2>")
         for s in sources:
-            figs = [_figure("query", thumb("val", q), e(qname), f"val {q}: {qname}")]
+            figs = [_figure("query", thumb("val", q), e(qname), f"val {ids['val'][q]}: {qname}")]
             hit = same_class(q_labels[q:q + 1], train_labels[s["idx"][r]][None])[0]
             for j in range(k):
                 i, sim = int(s["idx"][r, j]), float(s["sims"][r, j])
                 cname = class_text(train_labels[i], names)
                 mark = "" if hit[j] else "&#10007; "
                 figs.append(_figure("hit" if hit[j] else "miss", thumb("train", i), f"{mark}{e(cname)}<br>{sim:.3f}",
-                                    f"train {i}: {cname}, similarity {sim:.4f}"))
+                                    f"train {ids['train'][i]}: {cname}, similarity {sim:.4f}"))
             parts.append(f"<div class='row'><div class='src'>{e(s['name'])}</div>{''.join(figs)}</div>")
         parts.append("</div>")
     parts += [SCRIPT, "</body></html>\n"]
@@ -226,10 +227,10 @@ def embed_2d(feats, method, seed):
         except ImportError:
             raise UserError("--map-method umap needs umap-learn (pip install umap-learn); the default tsne "
                             "needs only scikit-learn") from None
-        return umap.UMAP(n_components=2, random_state=seed, metric="cosine").fit_transform(x)
+        return umap.UMAP(n_components=2, random_state=seed % 2**32, metric="cosine").fit_transform(x)
     from sklearn.manifold import TSNE
-    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, max(1.0, (len(x) - 1) / 3)),
-                metric="cosine").fit_transform(x)
+    return TSNE(n_components=2, init="pca", random_state=seed % 2**32,  # scikit-learn takes 32 bits
+                perplexity=min(30.0, max(1.0, (len(x) - 1) / 3)), metric="cosine").fit_transform(x)
 
 
 def map_subset(n, points, seed):

@@ -95,7 +95,7 @@ def load_method_head(method, ck, path):
 RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluation settings)
     "workers", "device", "checkpoint_dir", "log_dir", "resume", "evaluate", "no_auto_resume", "start_epoch",
     "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last",
-    "baselines", "retrievals", "knn_source", "download", "export_features", "export_embedding"}
+    "baselines", "retrievals", "knn_source", "download", "export_features", "export_embedding", "force"}
 # may change on any resume (said): the length, the logging, the evaluation's k and test subset (the
 # kNN figures and model_best's choice change with them), autocast, the number of processes (the
 # per-process batch and so BatchNorm's statistics change), the init (spent after the first step)
@@ -179,21 +179,31 @@ def check_same_data(args, ck, path):
                             f"this command says {getattr(args, k)}: its bank does not index these images")
 
 
+def resume_path(args):
+    """(the checkpoint a run starts from or evaluates, auto): --resume, else the latest one in
+    --checkpoint-dir (auto-resume; an evaluation without --resume evaluates that one); (None, False)
+    to start afresh. The one place that says which file a run reads."""
+    if args.resume:
+        return args.resume, False
+    latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
+    if args.evaluate:
+        if not os.path.isfile(latest):
+            raise UserError(f"nothing to evaluate: give --resume CHECKPOINT (no checkpoint in '{args.checkpoint_dir}')")
+        return latest, False
+    if args.no_auto_resume or not os.path.isfile(latest):
+        return None, False
+    return latest, True
+
+
 def resume(args, model, bank, optimizer, n, scaler=None, method=None):
     """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume; evaluation
     without --resume evaluates that one and says so)."""
-    path, auto = args.resume, False
-    if not path:
-        latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-        if args.evaluate:
-            if not os.path.isfile(latest):
-                raise UserError(f"nothing to evaluate: give --resume CHECKPOINT (no checkpoint in '{args.checkpoint_dir}')")
-            print(f"=> no --resume given: evaluating the latest checkpoint of --checkpoint-dir, '{latest}'")
-        elif args.no_auto_resume or not os.path.isfile(latest):
-            return 0, None
-        else:
-            print(f"=> auto-resuming from '{latest}'")
-        path, auto = latest, not args.evaluate
+    path, auto = resume_path(args)
+    if path is None:
+        return 0, None
+    if not args.resume:
+        print(f"=> no --resume given: evaluating the latest checkpoint of --checkpoint-dir, '{path}'" if args.evaluate
+              else f"=> auto-resuming from '{path}'")
     ck = checkpoint.load(path)
     if not args.evaluate:  # another run (another --method, --arch, bank...) is said first, by its flags
         check_same_run(args, ck, path, auto)
