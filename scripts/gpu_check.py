@@ -2,9 +2,11 @@
 numerics of bf16 / fp16 against fp32, training speed of a CIFAR-size epoch under each speed option,
 the bank step at ImageNet size against the ResNet-50 step, and kNN over a 1.28M bank. Each stage is
 timed and bounded; OUT/gpu_check.json and OUT/gpu_check.md are rewritten after every stage, so a run
-cut short still leaves what it measured. --dry-run: every stage at toy sizes on the CPU."""
+cut short still leaves what it measured. --dry-run: every stage at toy sizes on the CPU, without time
+limits (it is a test: its outcome must not hang on how busy the machine is)."""
 import argparse
 import json
+import math
 import os
 import pickle
 import platform
@@ -36,6 +38,15 @@ SIZES = {
 }
 # seconds per stage on an H100-class GPU (about 7 minutes in all); never beyond the whole run's --limit-s
 STAGE_TIMEOUT_S = {"env": 30, "tests": 150, "numerics": 40, "bank": 80, "knn": 40, "loader": 40, "speed": 150}
+# The numerics verdict: bf16 / fp16 against float32 on the same weights, batch and negatives (one NPID
+# forward + backward): relative difference of the loss, relative L2 error of the gradient of all
+# parameters. Rounding: bf16 2^-8 = 3.9e-3 (8 mantissa bits), fp16 2^-11 = 4.9e-4 (11). The loss (a mean)
+# stays well below that: measured on the CPU (torch 2.15), the dry run's ResNet10 width 8, B=16: bf16
+# 3.0e-5, fp16 3.3e-5; the GPU run's ResNet18 width 64, B=64: 9.7e-5, 5.3e-5. The gradient does not: the
+# rounding flips ReLUs near zero (weights moved by 1e-5 move it by 2e-3 and 2e-2), so bf16 0.16 / 0.31 and fp16
+# 0.060 / 0.11 are measured. The tolerances leave 2-10x (on CUDA fp32's convolutions are TF32, which adds
+# to fp16's error); a loss out by 63.2 / 26.5 or weights 5% apart (loss 9e-3, grad 0.63) fail.
+NUMERICS_TOL = {"bf16": {"loss": 1e-3, "grad": 0.6}, "fp16": {"loss": 3e-4, "grad": 0.3}}
 
 
 class Report:
@@ -69,10 +80,15 @@ def markdown(d):
         lines += [f"- FAILED {n}" for n in t.get("failures", [])]
     n = s.get("numerics")
     if n and n.get("rows"):
-        lines += ["", f"## Numerics: {n['steps']} NPID steps from one start, against fp32", "",
-                  "| amp | final loss | fp32 loss | max abs loss diff | bank rel. drift | bank dtype |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['amp']} | {r['loss']:.5f} | {r['loss_fp32']:.5f} | {r['max_loss_diff']:.2e} | "
-                  f"{r['bank_rel_drift']:.2e} | {r['bank_dtype']} |" for r in n["rows"]]
+        lines += ["", "## Numerics: one NPID step against fp32 on the same weights, batch and negatives "
+                  f"(the verdict); {n['steps']} steps from there (information only: the runs drift apart)", "",
+                  "| amp | loss | fp32 loss | loss rel. diff | grad rel. error | tolerance (loss, grad) | verdict | "
+                  f"loss after {n['steps']} | fp32 after {n['steps']} | bank rel. drift | bank dtype |", "|" + "---|" * 11]
+        lines += [f"| {r['amp']} | {r['loss']:.5f} | {r['loss_fp32']:.5f} | {r['loss_rel_diff']:.2e} | {r['grad_rel_err']:.2e} | "
+                  f"{r['tolerance']['loss']:.0e}, {r['tolerance']['grad']:.1f} | {r['verdict']} | "
+                  f"{r['final_loss']:.5f} | {r['final_loss_fp32']:.5f} | {r['bank_rel_drift']:.2e} | {r['bank_dtype']} |"
+                  for r in n["rows"]]
+        lines += [f"- FAILED {x}" for x in n.get("reasons", [])]
     sp = s.get("speed")
     if sp and sp.get("rows"):
         lines += ["", f"## CIFAR-size epoch ({sp['images']} images, {sp['arch']}, NCE {sp['nce_k']}, B={sp['batch']}; "
@@ -116,6 +132,17 @@ def timed(fn, *a):
 
 def size(key, dry):
     return SIZES[key][1 if dry else 0]
+
+
+def run_deadline(dry, limit_s):
+    """When the stages must have ended (time.time()): --limit-s less 5 s for the report; never under
+    --dry-run, a test whose outcome must not depend on the machine's load."""
+    return math.inf if dry else time.time() + limit_s - 5
+
+
+def stage_timeout(name, dry, deadline):
+    """A stage's wall-clock limit in s: its own, within the run's deadline; None (none) under --dry-run."""
+    return None if dry else max(1.0, min(STAGE_TIMEOUT_S[name], deadline - time.time()))
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -168,8 +195,10 @@ def stage_tests(a):
             "skipped": skipped, "failures": failures, "tail": tail[-600:]}
 
 
-def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64):
-    """(losses, bank, bank dtype) of `steps` NPID steps (NCE 1024) from one seeded start."""
+def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64, perturb=0.0):
+    """`steps` NPID steps (NCE 1024) from one seeded start: {losses, grad: the first step's gradient of all
+    parameters (flat, float32, unscaled), bank, bank_dtype}. perturb: relative noise on the initial weights
+    (a test's mismatch)."""
     import models
     from lib.methods import NPID
     from lib.NCEAverage import NCEAverage
@@ -178,42 +207,78 @@ def npid_steps(arch, amp, steps, device, n=2048, batch=64, width=64):
     model = models.__dict__[arch](low_dim=128, width=width).to(device)
     bank = NCEAverage(128, n, min(4096, n // 2), 0.07, 0.5).to(device)
     method = NPID(bank).to(device)
+    if perturb:  # its own generator: the bank and the negatives stay those of the unperturbed run
+        noise = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + perturb * torch.randn(p.shape, generator=noise).to(device))
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(n, 3, 32, 32, generator=g)
     scaler = torch.amp.GradScaler(torch.device(device).type) if amp == "fp16" else None
     autocast = autocast_for(amp, torch.device(device).type)
-    losses = []
+    losses, grad = [], None
     for s in range(steps):
         idx = torch.randperm(n, generator=g)[:batch]
         x = images[idx].to(device)
-        torch.manual_seed(100 + s)  # the negatives: the same draw in every precision
-        loss = method(model, x, idx.to(device), autocast)
-        opt.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        for _ in range(24):  # fp16: a step whose gradient overflowed is skipped, so taken again at the halved scale
+            torch.manual_seed(100 + s)  # the negatives: the same draw in every precision
+            loss = method(model, x, idx.to(device), autocast)
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(opt)  # the gradient float32 sees
+            flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).float()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if not scaler or torch.isfinite(flat).all():
+                break
+        grad = flat.cpu() if grad is None else grad
         method.update()
         losses.append(float(loss.detach()))
-    return losses, bank.memory.detach().float().cpu().clone(), bank.memory.dtype
+    return {"losses": losses, "grad": grad, "bank": bank.memory.detach().float().cpu().clone(),
+            "bank_dtype": str(bank.memory.dtype)}
+
+
+def numerics_row(amp, ref, r):
+    """Run r (bf16 / fp16) against float32's ref: the first step's loss and gradient, on the same weights,
+    batch and negatives (the verdict); the last step's loss and the bank after all steps (information
+    only: the runs drift apart chaotically)."""
+    g0, l0 = ref["grad"], ref["losses"]
+    return dict(amp=amp, loss=r["losses"][0], loss_fp32=l0[0], loss_rel_diff=abs(r["losses"][0] - l0[0]) / abs(l0[0]),
+                grad_rel_err=float((r["grad"] - g0).norm() / g0.norm()), final_loss=r["losses"][-1], final_loss_fp32=l0[-1],
+                max_loss_diff=float(np.max(np.abs(np.array(r["losses"]) - np.array(l0)))),
+                bank_rel_drift=float((r["bank"] - ref["bank"]).norm() / ref["bank"].norm()), bank_dtype=r["bank_dtype"])
+
+
+def numerics_verdict(rows, tol=NUMERICS_TOL):
+    """(ok, reasons): each row's same-weights loss and gradient within its precision's tolerance of float32
+    (a NaN fails too), and the bank float32."""
+    reasons = []
+    for r in rows:
+        t, d = tol[r["amp"]], abs(r["loss"] - r["loss_fp32"]) / abs(r["loss_fp32"])
+        if not d <= t["loss"]:
+            reasons.append(f"{r['amp']}: loss {r['loss']:.5g} against fp32's {r['loss_fp32']:.5g}, "
+                           f"relative difference {d:.2e} > {t['loss']:.0e}")
+        if not r["grad_rel_err"] <= t["grad"]:
+            reasons.append(f"{r['amp']}: gradient's relative error {r['grad_rel_err']:.2e} > {t['grad']:.2g}")
+        if r["bank_dtype"] != "torch.float32":
+            reasons.append(f"{r['amp']}: the bank is {r['bank_dtype']}, not float32")
+    return not reasons, reasons
 
 
 def stage_numerics(a):
     steps, arch = size("numerics_steps", a.dry_run), size("cifar_arch", a.dry_run)
     kw = dict(n=256, batch=16, width=8) if a.dry_run else {}  # the CPU's fp16 convolutions are slow
-    ref_losses, ref_bank, _ = npid_steps(arch, "off", steps, a.device, **kw)
-    rows = []
-    for amp in ("bf16", "fp16"):
-        losses, bank, dtype = npid_steps(arch, amp, steps, a.device, **kw)
-        rows.append(dict(amp=amp, loss=losses[-1], loss_fp32=ref_losses[-1],
-                         max_loss_diff=float(np.max(np.abs(np.array(losses) - np.array(ref_losses)))),
-                         bank_rel_drift=float((bank - ref_bank).norm() / ref_bank.norm()), bank_dtype=str(dtype)))
-    ok = all(r["bank_dtype"] == "torch.float32" and np.isfinite(r["loss"]) for r in rows)
-    return {"status": "ok" if ok else "failed", "steps": steps, "rows": rows}
+    ref = npid_steps(arch, "off", steps, a.device, **kw)
+    rows = [numerics_row(amp, ref, npid_steps(arch, amp, steps, a.device, **kw)) for amp in ("bf16", "fp16")]
+    for r in rows:
+        r["tolerance"], r["verdict"] = NUMERICS_TOL[r["amp"]], "ok" if numerics_verdict([r])[0] else "failed"
+    ok, reasons = numerics_verdict(rows)
+    return {"status": "ok" if ok else "failed", "steps": steps, "rows": rows, "reasons": reasons}
 
 
 def write_cifar(root, n_train, n_test=1000):
@@ -243,7 +308,7 @@ def stage_speed(a):
                  ("--gpu-aug --amp bf16 --channels-last", gpu + ["--amp", "bf16", "--channels-last"])]
     if not a.dry_run:  # inductor's first compile on a CPU takes minutes: the device tests cover --compile there
         settings.append(("--gpu-aug --amp bf16 --channels-last --compile", gpu + ["--amp", "bf16", "--channels-last", "--compile"]))
-    rows, deadline = [], time.time() + a.stage_timeout("speed")
+    rows, deadline = [], time.time() + (a.stage_timeout("speed") or math.inf)
     for name, extra in settings:
         left = deadline - time.time()
         if left < 5:
@@ -255,7 +320,7 @@ def stage_speed(a):
                "--epochs", "2", "--retrievals", "0", "-p", "1000",
                "--device", a.device, "--no-download", "--checkpoint-dir", ck, "--no-auto-resume", *extra]
         try:
-            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=left)
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=None if left == math.inf else left)
         except subprocess.TimeoutExpired:
             rows.append({"setting": name, "status": "timed out"})
             continue
@@ -320,20 +385,47 @@ def stage_loader(a):
     return res
 
 
+# the one stage table: --stages is checked against it before the first stage runs, then run from it
+STAGES = {"env": stage_env, "tests": stage_tests, "numerics": stage_numerics, "bank": stage_bank, "knn": stage_knn,
+          "loader": stage_loader, "speed": stage_speed}
+
+
+def arg_error(a):
+    """What is wrong with the arguments, in one line, or None: found before a stage spends device time."""
+    names = a.stages.split(",")
+    wrong = [n for n in names if n not in STAGES]
+    if wrong:
+        what = f"unknown stage {wrong[0]!r}" if wrong[0] else "an empty stage name"
+        return f"--stages {a.stages!r}: {what} (the stages: {','.join(STAGES)})"
+    if len(set(names)) < len(names):
+        return f"--stages {a.stages!r}: a stage named twice"
+    if not (math.isfinite(a.limit_s) and a.limit_s > 0):
+        return f"--limit-s must be a positive number of seconds (got {a.limit_s})"
+    try:
+        os.makedirs(a.out, exist_ok=True)  # the report's folder
+    except OSError as e:
+        return f"--out {a.out}: no folder for the report ({'a file is there' if os.path.isfile(a.out) else e.strerror})"
+    return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dry-run", action="store_true", help="every stage at toy sizes on the CPU")
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "checkpoints", "gpu_check"))
-    p.add_argument("--stages", default="env,tests,numerics,bank,knn,loader,speed")
+    p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--limit-s", default=480, type=float, help="the whole run's time limit (each stage stops within it)")
     a = p.parse_args(argv)
+    err = arg_error(a)
+    if err:
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
     if not a.dry_run and not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device here (torch.cuda.is_available() is False); "
               "--dry-run runs the stages on the CPU at toy sizes", file=sys.stderr)
         return 2
     a.device = "cpu" if a.dry_run else "cuda"
-    deadline = time.time() + a.limit_s - 5  # 5 s to write the report
-    a.stage_timeout = lambda s: max(1.0, min(STAGE_TIMEOUT_S[s], deadline - time.time()))
+    deadline = run_deadline(a.dry_run, a.limit_s)
+    a.stage_timeout = lambda s: stage_timeout(s, a.dry_run, deadline)
     rep = Report(a.out, a.dry_run)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as work:
@@ -342,9 +434,7 @@ def main(argv=None):
             if deadline - time.time() < 5:
                 rep.stage(name, {"status": "not run (the time limit was spent)"})
                 continue
-            fn = {"env": stage_env, "tests": stage_tests, "numerics": stage_numerics, "speed": stage_speed,
-                  "bank": stage_bank, "knn": stage_knn, "loader": stage_loader}[name]
-            rep.stage(name, timed(fn, a))
+            rep.stage(name, timed(STAGES[name], a))
     st = rep.data["stages"]
     ok = sum(1 for s in st.values() if s.get("status") == "ok")
     failed = len(st) - ok
