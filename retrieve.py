@@ -394,17 +394,6 @@ def page(args):
 
 # --- the index --------------------------------------------------------------------------------
 
-def query_transform(dataset):
-    """A new image as the dataset's test images are: the 28-32 px datasets resized and centre-cropped
-    to their size (Fashion-MNIST in grey, as its images are), then the dataset's test transform."""
-    if dataset not in registry.SMALL:
-        return registry.eval_transform(dataset)
-    size = registry.NATIVE_SIZE[dataset]
-    grey = [transforms.Grayscale(3)] if dataset == "fashion-mnist" else []
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), *grey,
-                               registry.eval_transform(dataset)])
-
-
 def read_image(path):
     """An image file as 8-bit RGB: 16-bit grey scaled to 8 bits (PIL's convert would clip it to white);
     32-bit integer or float images are refused, their range is not known."""
@@ -437,7 +426,7 @@ def index_search(args):
         print("note: the index holds memory-bank features (running averages), not the network's own")
     bank = retrieval.normalize(idx["train_features"]).to(device_of(args))
     retrieval.check_k(args.k, len(bank))
-    tf = query_transform(dataset)
+    tf = registry.image_transform(dataset)
     imgs = torch.stack([tf(read_image(p)) for p in args.query])
     with torch.no_grad(), amp.autocast_or_nothing(amp.autocast_for(args.amp, device_of(args).type)):
         q = retrieval.normalize(model(imgs.to(device_of(args))))

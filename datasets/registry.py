@@ -38,6 +38,29 @@ def eval_transform(dataset, size=None):
     return transforms.Compose([*resize, *tail])
 
 
+def preprocessing(cifar, dataset=None):
+    """What a network of this repo expects, as plain data (written beside exports, shown by hubconf):
+    an ImageNet ResNet the authors' test transform (resize 256, centre crop 224, ImageNet statistics);
+    a CIFAR ResNet its dataset's native size and statistics (`dataset` from the checkpoint's args)."""
+    dataset = dataset if cifar and dataset in SMALL else ("cifar10" if cifar else "imagenet")
+    mean, std = STATS[dataset]
+    size = NATIVE_SIZE[dataset]
+    return {"dataset": dataset, "mean": list(mean), "std": list(std), "input_size": size,
+            "resize": None if cifar else 256, "grey": dataset == "fashion-mnist",
+            "transform": f"datasets.registry.image_transform('{dataset}')"}
+
+
+def image_transform(dataset):
+    """A new image (any size, colour or grey) as the dataset's test images are: the 28-32 px datasets
+    resized and centre-cropped to their size (Fashion-MNIST in grey, as its images are), then the
+    dataset's test transform (retrieve.py's queries, hubconf's `model.transform`)."""
+    if dataset not in SMALL:
+        return eval_transform(dataset)
+    size = NATIVE_SIZE[dataset]
+    grey = [transforms.Grayscale(3)] if dataset == "fashion-mnist" else []
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), *grey, eval_transform(dataset)])
+
+
 def supervised_transform(dataset, before_tensor=(), after_tensor=()):
     """The supervised training augmentation of the evaluation protocols (MoCo main_lincls, mmselfsup's
     linear and semi-supervised configs): RandomResizedCrop at the native size and a horizontal flip;

@@ -150,7 +150,9 @@ def load_backbone(ckpt_path, arch=None, width=None, device="cpu"):
         raise UserError(f"'{ckpt_path}': its args give width {saved_width!r}, not a whole number "
                         "(not a checkpoint of this repo's cifar.py)")
     width = saved_width or width or guess_width or 64
-    head = ((ck or {}).get("args") or {}).get("head") or "linear"  # --head mlp / mlp-bn: fc.0, fc.2, ...
+    # --head mlp / mlp-bn: fc.0, fc.2, ... (a plain state dict, export_backbone.py --with-head: by its keys)
+    head = ((ck or {}).get("args") or {}).get("head") or \
+        ("mlp-bn" if "fc.1.running_mean" in sd else "mlp" if "fc.0.weight" in sd else "linear")
     fc = sorted((k for k in sd if k.startswith("fc.") and k.endswith("weight") and sd[k].dim() == 2),
                 key=lambda k: (k.count("."), k.split(".")[1].zfill(4)))
     low_dim = sd[fc[-1]].shape[0] if fc else 128  # the out dim of the last Linear of the head

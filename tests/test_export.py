@@ -81,3 +81,48 @@ def test_export_backbone_bad_input(tmp_path, capsys):
         code, _, err = run_main(export_backbone.main, capsys, src, tmp_path / "out.pth")
         assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
     assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("arch,width,head", [("resnet18", None, "linear"), ("ResNet18", 64, "linear"),
+                                             ("ResNet10", 16, "linear"), ("ResNet18", 16, "mlp"), ("resnet18", None, "mlp-bn")])
+@pytest.mark.parametrize("with_head", [False, True])
+def test_export_backbone_loads_into_what_it_says(arch, width, head, with_head, tmp_path, capsys):
+    """The printed constructor, run as printed, takes the file and gives this repo's features."""
+    import contextlib
+    import json
+    import os
+    import sys
+    from conftest import ROOT
+    torch.manual_seed(0)
+    net = models.__dict__[arch](head=head, **({"width": width} if width else {})).eval()
+    ckpt.save_atomic({"epoch": 1, "arch": arch, "state_dict": net.state_dict(),
+                      "args": {"head": head, "dataset": "fashion-mnist", **({"width": width} if width else {})}},
+                     tmp_path / "c.pth")
+    out = tmp_path / "o.pth"
+    code, text, err = run_main(export_backbone.main, capsys, tmp_path / "c.pth", out, *(["--with-head"] if with_head else []))
+    assert code == 0, err
+    snippet = text.strip().splitlines()[-1].split("loads into: ", 1)[1]
+    ns = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        sys.path.insert(0, ROOT)
+        with contextlib.redirect_stdout(None):
+            exec(snippet, ns)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(ROOT)
+    m = ns["m"].eval()
+    own = (with_head and head != "linear") or (arch.startswith("Res") and (width != 64 or arch == "ResNet10"))
+    assert snippet.startswith("import models" if own else "import torch, torchvision; m = torchvision.models.resnet18(")
+    size = 224 if arch.islower() else 28
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        if with_head:
+            assert torch.allclose(torch.nn.functional.normalize(m(x).float(), dim=1), net(x), atol=1e-5)
+        else:
+            assert torch.allclose(features.taps(m, x, ["avgpool"])["avgpool"], features.taps(net, x, ["avgpool"])["avgpool"],
+                                  atol=1e-5)
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["preprocessing"]["input_size"] == size and meta["loads_into"] == snippet
+    assert meta["preprocessing"]["mean"] == ([0.286] * 3 if size == 28 else [0.485, 0.456, 0.406])
