@@ -1,10 +1,13 @@
-"""NPID on an ImageNet-layout folder: python main.py DATA (DATA/train, DATA/val)."""
+"""NPID on an ImageNet-layout folder (python main.py DATA: DATA/train, DATA/val class folders), or on a
+folder of your own images without labels (python main.py PHOTOS)."""
+import os
+
 import torch
 from PIL import ImageFilter
 from torchvision import transforms
 
 import models
-from datasets import registry
+from datasets import folder, registry
 from lib import decode, engine, options
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
@@ -15,8 +18,9 @@ SIZE, SCALE = 224, (0.2, 1.0)  # the training crop: RandomResizedCrop's size and
 
 def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=256, weight_decay=1e-4, nce_t=0.07, workers=4,
-                                     knn_source="bank", checkpoint_dir="checkpoints/imagenet"))
-    p.add_argument("data", metavar="DIR", help="path to dataset (with train/ and val/)")
+                                     knn_source="bank", checkpoint_dir=None))
+    p.add_argument("data", metavar="DIR", help="DIR/train and DIR/val class folders (ImageNet layout), or a folder of "
+                   "your own images (DIR/train alone, or DIR itself: every image found in it, no labels)")
     p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS, help="ImageNet ResNet")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
@@ -29,6 +33,12 @@ def get_args(argv=None):
     p.add_argument("--crop-min", default=SCALE[0], type=float,
                    help="RandomResizedCrop's smallest scale (the authors' 0.2; PIC.sh --crop 0.08)")
     args = options.parse(p, argv)
+    if args.checkpoint_dir is None:  # named after the data folder
+        args.checkpoint_dir = os.path.join("checkpoints", os.path.basename(os.path.normpath(args.data)) or "data")
+        if args.checkpoint_dir != "checkpoints/imagenet" and os.path.isfile("checkpoints/imagenet/checkpoint.pth") \
+                and not os.path.exists(args.checkpoint_dir):
+            print("note: checkpoints/imagenet/ holds a run from before the folder was named after DATA; pass "
+                  "--checkpoint-dir checkpoints/imagenet to continue it")
     if args.aug == "simclr" and args.gpu_aug:
         p.error("--aug simclr runs in the loader (PIL); --gpu-aug draws the authors' list")
     if not 0 < args.crop_min <= 1:
@@ -84,13 +94,19 @@ def task(args):
                                   transforms.Normalize(MEAN, STD)])
     if args.cld:  # two views of each image (the list already has the flip)
         train_tf = TwoViews(train_tf)
-    # val's labels are train's indices of the same folder names (not val's own sorted order)
-    open_ = lambda train, tf: registry.open_split("imagenet", args.data, train, tf)
-    train, val = open_(True, train_tf), open_(False, test_tf)
+    kind, root = folder.layout(args.data)
+    if kind == "labelled":  # val's labels are train's indices of the same folder names (not val's own order)
+        open_ = lambda train, tf: registry.open_split("imagenet", args.data, train, tf)
+        train, train_eval, val = open_(True, train_tf), open_(True, test_tf), open_(False, test_tf)
+    else:  # your own images: every image under root, no labels (no kNN monitor, no val)
+        train = folder.open_unlabelled(root, train_tf)
+        train_eval, val = folder.UnlabelledImages(root, train.rel, test_tf), None
+        print(f"=> {len(train)} unlabelled images under '{root}' (no train/ and val/ class folders): the epoch line "
+              "reports the loss and the bank's uniformity; no kNN, no model_best.pth")
     if loader:
         train.loader = loader
     augment = GPUAugment(None, MEAN, STD, flip=True, order="gjf") if args.gpu_aug else None
-    return engine.Task(train=train, train_eval=open_(True, test_tf),
+    return engine.Task(train=train, train_eval=train_eval,
                        val=val, num_classes=len(train.classes), monitor="nn_top1", final_source="bank",
                        build_model=lambda arch, low_dim: models.__dict__[arch](low_dim=low_dim, head=args.head), lr_at=lr_at, mean=MEAN, std=STD,
                        gpu_augment=decode.OnDevice(SIZE, augment) if args.decode == "gpu" else augment, collate=collate)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from datasets import num_classes as classes_of, registry
+from datasets import folder, num_classes as classes_of, registry
 from lib import amp, checkpoint, export, features, knn, report, retrieval
 from lib import dist as du
 from lib.errors import UserError, exit_on_error
@@ -128,7 +128,16 @@ def device_of(args):
 
 # --- the data ---------------------------------------------------------------------------------
 
-def open_splits(args, transform):
+def open_splits(args, transform, images=None):
+    """{'train', 'val'}: the dataset's splits; for a folder of your own images (no train/ + val/ class
+    folders) one unlabelled set that is both (queries are its images, searched among the others);
+    `images` its file list when known (the raw pictures reopen it without checking it again)."""
+    if args.dataset == "imagenet" and folder.layout(args.root)[0] == "unlabelled":
+        if args.train_subset or args.test_subset:
+            raise UserError("--train-subset / --test-subset take labelled splits; DATA here is a folder of unlabelled images")
+        root = folder.layout(args.root)[1]
+        ds = folder.UnlabelledImages(root, images, transform) if images else folder.open_unlabelled(root, transform)
+        return {"train": ds, "val": ds}
     open_ = lambda train, n: registry.open_split(args.dataset, args.root or args.data, train, transform,
                                                  download=True, subset=n)
     return {"train": open_(True, args.train_subset), "val": open_(False, args.test_subset)}
@@ -161,8 +170,8 @@ def checkpoint_source(args, path, data, autocast):
     features.check_layers(info, ["embed"])
     print(f"=> features of '{path}' ({info['arch']}, {info['low_dim']}-d)", flush=True)
     f = {s: features.extract_features(model, loader(args, data[s]), device_of(args), "embed", autocast=autocast)[0]
-         for s in ("train", "val")}
-    return dict(train=f["train"], val=f["val"], path=path, sha256=info["sha256"], arch=info["arch"])
+         for s in ("train", "val")[:1 if data["val"] is data["train"] else 2]}
+    return dict(train=f["train"], val=f.get("val", f["train"]), path=path, sha256=info["sha256"], arch=info["arch"])
 
 
 def file_source(args, path, data, labels, names, obj=None):
@@ -171,6 +180,8 @@ def file_source(args, path, data, labels, names, obj=None):
     which differs."""
     f = export.read(path) if obj is None else export.check(obj, path)
     what = f"'{path}' holds features of"
+    if data["val"] is data["train"]:  # an unlabelled folder: the file's train rows are its images
+        f = dict(f, val_features=f["train_features"], val_labels=f["train_labels"], val_paths=f.get("train_paths"))
     if f.get("dataset") and f["dataset"] != args.dataset:
         raise UserError(f"{what} --dataset {f['dataset']}, not of {args.dataset}")
     for s in ("train", "val"):
@@ -195,8 +206,9 @@ def raw_source(args, data):
     """The [0, 1] pixels (at RAW_SIZE for the 224-px datasets), the paper's "raw image features"."""
     mean, std = registry.STATS[args.dataset]
     size = None if args.dataset in registry.SMALL else RAW_SIZE
-    f = {s: report.pixels(loader(args, data[s]), mean, std, size=size)[0] for s in ("train", "val")}
-    return dict(train=f["train"], val=f["val"], path=None, arch=None)
+    f = {s: report.pixels(loader(args, data[s]), mean, std, size=size)[0]
+         for s in ("train", "val")[:1 if data["val"] is data["train"] else 2]}
+    return dict(train=f["train"], val=f.get("val", f["train"]), path=None, arch=None)
 
 
 def source_name(path):
@@ -311,6 +323,8 @@ def check_out(args):
 
 
 def save_features(args, s, data, labels):
+    if data["val"] is data["train"]:  # an unlabelled folder: its images are the index, no val split
+        data, labels, s = dict(data, val=None), dict(labels, val=labels["val"][:0]), dict(s, val=s["val"][:0])
     out = export.record(s["train"], labels["train"], s["val"], labels["val"], data["train"], data["val"],
                         train_source="recompute", arch=s["arch"], checkpoint=s["path"], checkpoint_sha256=s["sha256"],
                         dataset=args.dataset, train_subset=args.train_subset, test_subset=args.test_subset)
@@ -333,7 +347,8 @@ def page(args):
     mine = check_out(args)
     autocast = amp.autocast_for(args.amp, device_of(args).type)
     data = open_splits(args, registry.eval_transform(args.dataset))
-    retrieval.check_k(args.k, len(data["train"]))
+    labelled = data["val"] is not data["train"]
+    retrieval.check_k(args.k, len(data["train"]) - (not labelled))  # unlabelled: the query is not its own neighbour
     if args.map and len(data["val"]) < 2:  # t-SNE's perplexity must stay below the number of points
         raise UserError(f"--map needs at least 2 val images; the val split here has {len(data['val'])}")
     labels = {s: as_labels(data[s].targets) for s in data}
@@ -348,24 +363,31 @@ def page(args):
     for s in sources:
         dev = device_of(args)
         bank, val = s["train"].to(dev), s["val"].to(dev)
+        if not labelled:  # the queries' neighbours among the other images; no classes, no figures
+            s["sims"], s["idx"] = retrieval.others(val[queries], bank, queries, args.k)
+            s["precision"], s["knn"] = None, "-"
+            print(f"{s['name']}: {len(queries)} queries, top {args.k} of {len(bank)} images (no labels: no precision, no kNN)")
+            continue
         sims, idx = retrieval.exact_search(val, bank, args.k)  # every val image: the precision, and the rows shown
         s["precision"] = retrieval.precision_of(idx, labels["val"], labels["train"])
         s["knn"] = knn_text(dict(s, train=bank, val=val), {k: v.to(dev) for k, v in labels.items()}, num_classes, args)
         s["sims"], s["idx"] = sims[queries], idx[queries]
         print(f"{s['name']}: precision@{args.k}={s['precision']:.2f} knn_top1={s['knn']} ({len(val)} val images)")
     print(f"search: {time.time() - t0:.1f} s")
-    raw = {s: registry.open_split(args.dataset, args.root or args.data, s == "train", None, download=True,
-                                  subset=args.train_subset if s == "train" else args.test_subset) for s in data}
+    raw = open_splits(args, None, None if labelled else data["train"].rel)
     thumbs = retrieval.Thumbnails(args.out, raw, small=args.dataset in registry.SMALL)
-    title = f"Nearest neighbours: {args.dataset}, {len(queries)} queries, top {args.k} of {len(data['train'])} training images"
-    notes = [f"{len(data['train'])} training and {len(data['val'])} val images; cosine similarity; queries "
+    title = f"Nearest neighbours: {args.dataset if labelled else args.root}, {len(queries)} queries, top {args.k} of " \
+            f"{len(data['train'])} {'training ' if labelled else ''}images"
+    notes = [(f"{len(data['train'])} training and {len(data['val'])} val images" if labelled else
+              f"{len(data['train'])} unlabelled images, each query searched among the others")
+             + "; cosine similarity; queries "
              + (f"given (--queries)" if args.queries else f"drawn with seed {args.seed}")
              + ("; raw pixels at 32 x 32" if args.dataset not in registry.SMALL and not args.no_raw else ""),
              "sources: " + "; ".join(s["name"] if s["name"] == s["path"] else f"{s['name']}: {s['path'] or 'the [0, 1] pixels'}"
                                      for s in sources)]
     ids = {s: export.source_indices(data[s])[1] for s in data}  # what the page and its manifest name
     retrieval.write_page(args.out, title, notes, sources, queries, labels["val"], labels["train"], names, thumbs,
-                         pixelated=args.dataset in registry.SMALL, ids=ids)
+                         pixelated=args.dataset in registry.SMALL, ids=ids, labelled=labelled)
     files += ["index.html"] + list(thumbs.written.values())
     if args.map:
         n, secs = retrieval.write_map(os.path.join(args.out, "map.png"), [(s["name"], s["val"]) for s in sources],

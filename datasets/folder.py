@@ -1,5 +1,7 @@
 import os
 
+import torch
+
 from torchvision import datasets
 
 from lib.errors import UserError
@@ -86,3 +88,93 @@ class ImageFolderInstance(datasets.ImageFolder):
         if self.transform is not None:
             img = self.transform(img)
         return img, target, index
+
+
+# --- a folder of images without classes (main.py DATA on your own photos) --------------------
+
+def _image_suffixes():
+    from PIL import Image
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def find_images(root):
+    """Relative paths (with '/') of every file under `root` whose suffix PIL opens, found recursively,
+    hidden files and folders skipped, sorted: the order the bank indexes them by."""
+    suffixes, out = _image_suffixes(), []
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        rel = os.path.relpath(d, root)
+        out += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files
+                if not f.startswith(".") and os.path.splitext(f)[1].lower() in suffixes]
+    return sorted(out)
+
+
+def check_images(root, rel):
+    """Every file opens as an image (its header, as PIL reads it), or one UserError line; byte-identical
+    copies are one note line (each copy is its own instance to NPID). Returns None."""
+    import hashlib
+    from PIL import Image
+    bad = []
+    by_size = {}
+    for r in rel:
+        p = os.path.join(root, r)
+        try:
+            with Image.open(p) as im:
+                im.size
+        except Exception as e:
+            bad.append((r, f"{type(e).__name__}: {str(e)[:80]}"))
+            continue
+        by_size.setdefault(os.path.getsize(p), []).append(r)
+    if bad:
+        raise UserError(f"{len(bad)} of the {len(rel)} image files under '{root}' cannot be read as images (first: "
+                        f"'{bad[0][0]}', {bad[0][1]}); remove or replace them")
+    copies = []  # only files of equal size are read whole
+    for same in (v for v in by_size.values() if len(v) > 1):
+        seen = {}
+        for r in same:
+            with open(os.path.join(root, r), "rb") as f:
+                h = hashlib.file_digest(f, "sha1").hexdigest()
+            if h in seen:
+                copies.append((r, seen[h]))
+            seen.setdefault(h, r)
+    if copies:
+        print(f"note: {len(copies)} of the {len(rel)} images under '{root}' are byte-identical copies of others "
+              f"(first: '{copies[0][0]}' = '{copies[0][1]}'); NPID treats each copy as an image of its own")
+
+
+class UnlabelledImages(torch.utils.data.Dataset):
+    """Every image under `root` (find_images), returning (image, -1, index): no classes, no labels."""
+
+    def __init__(self, root, rel, transform=None):
+        self.root, self.rel, self.transform = root, list(rel), transform
+        self.samples = [(os.path.join(root, r), -1) for r in self.rel]
+        self.targets, self.classes = [-1] * len(self.rel), []
+        self.loader = datasets.folder.default_loader
+
+    def __len__(self):
+        return len(self.samples)
+
+    __getitem__ = ImageFolderInstance.__getitem__
+
+
+def layout(data):
+    """How main.py reads DATA: 'labelled' (train/ and val/, the ImageNet layout), or the folder whose
+    images are the unlabelled training set (DATA/train without val/, or DATA itself). One line when
+    there is nothing to train on."""
+    if not os.path.isdir(data):
+        raise UserError(f"DATA '{data}' does not exist or is not a folder")
+    train, val = os.path.join(data, "train"), os.path.join(data, "val")
+    if os.path.isdir(train) and os.path.isdir(val):
+        return "labelled", data
+    if os.path.isdir(val):
+        raise UserError(f"'{data}' has val/ but no train/: give a folder of images, DATA/train (+ val/), or DATA itself")
+    return "unlabelled", train if os.path.isdir(train) else data
+
+
+def open_unlabelled(root, transform=None):
+    """UnlabelledImages of `root`, checked: no images, unreadable files: one line; copies: a note."""
+    rel = find_images(root)
+    if not rel:
+        raise UserError(f"'{root}' holds no image files (looked recursively for {', '.join(sorted(_image_suffixes())[:6])}, ...)")
+    check_images(root, rel)
+    return UnlabelledImages(root, rel, transform)

@@ -254,7 +254,7 @@ def as_npid(obj, path, legacy=False, prefix="--resume: "):
         raise UserError(f"{prefix}'{path}': its 'state_dict' is a {type(sd).__name__} that is not a dict of "
                         "named tensors (not an NPID checkpoint)")
     for key, kind in (("args", dict), ("arch", str), ("epoch", int), ("optimizer", dict), ("memory", dict),
-                      ("rng", list), ("best_knn", (int, float)), ("scaler", dict), ("method_head", dict)):
+                      ("rng", list), ("best_knn", (int, float)), ("scaler", dict), ("method_head", dict), ("images", list)):
         if obj.get(key) is not None and (not isinstance(obj[key], kind) or isinstance(obj[key], bool)):
             name = kind.__name__ if isinstance(kind, type) else "number"
             raise UserError(f"{prefix}'{path}': its '{key}' is a {type(obj[key]).__name__}, not the {name} "

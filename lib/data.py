@@ -151,7 +151,7 @@ def make_loaders(task, args):
                                         **common)
     bs = max(1, args.batch_size // W)
     train_eval = torch.utils.data.DataLoader(task.train_eval, batch_size=bs, generator=gen(), **common)
-    val = torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
+    val = None if task.val is None else torch.utils.data.DataLoader(task.val, batch_size=bs, generator=gen(), **common)
     return train, train_eval, val
 
 

@@ -17,6 +17,7 @@ from . import checkpoint
 from . import dist as du
 from . import export
 from . import knn
+from . import options
 from . import report
 from .data import SeededDataset, SeededSampler, make_loaders, sample_seed, window_epochs  # noqa: F401 (engine's names)
 from .errors import UserError, exit_on_error
@@ -44,7 +45,7 @@ class Task:
 
 # --- set-up -------------------------------------------------------------------------------
 
-def check_args(args, n_train):
+def check_args(args, n_train, labelled=True):
     if (getattr(args, "export_features", None) or getattr(args, "export_embedding", 0)) and not args.evaluate:
         raise UserError("--export-features / --export-embedding go with an evaluation run (-e / --test-only)")
     if getattr(args, "force", False) and not getattr(args, "export_features", None):
@@ -61,8 +62,13 @@ def check_args(args, n_train):
     if args.nce_k < 0 and not parametric:
         raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
     if args.nce_k >= n_train and not args.evaluate and not parametric:
-        raise UserError(f"--nce-k {args.nce_k} must be smaller than the training set ({n_train} images); "
-                        "use --nce-k 0 for the full softmax")
+        raise UserError(f"--nce-k {args.nce_k} must be smaller than the training set ({n_train} images); use "
+                        f"--nce-k 0 (the full softmax over all {n_train}), a K below {n_train}, or --nce-k auto")
+    if n_train < args.batch_size and not args.evaluate:
+        raise UserError(f"the training set has {n_train} images, fewer than one batch (-b {args.batch_size}); "
+                        f"give -b {n_train} or less")
+    if labelled is False and args.baselines:
+        raise UserError("--baselines scores kNN on labelled val/ images; this DATA has no labels")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
 
@@ -182,7 +188,12 @@ def _run(args, make_task):
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
     task = make_task()
     n = len(task.train)
-    check_args(args, n)
+    labelled = task.val is not None  # a folder of your own images has no labels: no kNN anywhere
+    if args.nce_k == "auto":  # resolved once the data's size is known; the checkpoint records the K
+        args.nce_k = options.resolve_nce_k(args.nce_k, n)
+        print(f"=> --nce-k auto: {'the full softmax (--nce-k 0)' if not args.nce_k else f'NCE, --nce-k {args.nce_k}'} "
+              f"for {n} training images")
+    check_args(args, n, labelled)
     window_epochs(args, n)  # --window-size: epochs become windows (PIC's rescaling)
     torch.manual_seed(args.seed)  # identical model and bank on every rank (they are also broadcast)
     torch.backends.cudnn.benchmark = True
@@ -199,7 +210,7 @@ def _run(args, make_task):
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler, method)
+    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler, method, images=getattr(task.train, "rel", None))
     best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
@@ -215,6 +226,14 @@ def _run(args, make_task):
     loaders = make_loaders(task, args)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
 
+    if args.evaluate and not labelled:  # the features only: what an index of your images needs
+        feats = bank.memory if args.knn_source == "bank" else knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
+        res = {"bank_uniformity": knn.uniformity(bank.memory)}
+        print(f" * no labels: no kNN; the bank's uniformity {res['bank_uniformity']:.4f}")
+        if args.export_features or args.export_embedding:
+            export.run(args, model, feats, task, None, device, autocast, args.knn_source, resume_path(args)[0])
+        du.cleanup(barrier=True)
+        return res
     if args.evaluate:
         res, feats = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
         print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
@@ -244,20 +263,34 @@ def _run(args, make_task):
         check_banks_agree(bank, epoch, method)
         # the monitor every --eval-every epochs and after the last (PIC's windows are ~10 per pass)
         res = {}
-        if (epoch + 1) % getattr(args, "eval_every", 1) == 0 or epoch + 1 == args.epochs:
+        if not labelled:  # label-free: how spread the bank is (Wang & Isola's uniformity; lower is more uniform)
+            res = {"bank_uniformity": knn.uniformity(bank.memory)}
+        elif (epoch + 1) % getattr(args, "eval_every", 1) == 0 or epoch + 1 == args.epochs:
             res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
         stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
         if device.type == "cuda":  # the epoch's peak, for scripts/gpu_check.py
             stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             torch.cuda.reset_peak_memory_stats(device)
-        if res:
+        if res and labelled:
             print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
+        elif res:
+            print(f" * epoch {epoch} loss {stats['train_loss']:.4f}, bank uniformity {res['bank_uniformity']:.4f}")
         rngs = du.all_gather_object(rng_state())
         if du.is_main_process():
-            is_best = bool(res) and res[task.monitor] > best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
+            is_best = task.monitor in res and res[task.monitor] > best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
             best = max(best, res.get(task.monitor, best))
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler, method.head_state())
+            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler, method.head_state(),
+                 images=getattr(task.train, "rel", None))
             log_epoch(args, writer, stats)
+    if not labelled:
+        final = {"bank_uniformity": knn.uniformity(bank.memory)}
+        print(f" * final: the bank's uniformity {final['bank_uniformity']:.4f} (no labels: no kNN); "
+              f"checkpoint: {os.path.join(args.checkpoint_dir, 'checkpoint.pth')}")
+        if du.is_main_process():
+            log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}})
+            writer.close()
+        du.cleanup(barrier=True)
+        return final
     # the final figure: CIFAR's against recomputed train features (the original's cifar.py), ImageNet's
     # against the bank (the original's main.py, and the published 41.0 / 46.8); the other one beside it
     final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)

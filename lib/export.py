@@ -42,8 +42,11 @@ def record(train_feats, train_labels, val_feats, val_labels, train_ds, val_ds, *
     checkpoint_sha256: the network that made them, train_source)."""
     out = {"train_features": train_feats.float().cpu(), "train_labels": torch.as_tensor(train_labels),
            "val_features": val_feats.float().cpu(), "val_labels": torch.as_tensor(val_labels),
-           "classes": class_names(val_ds), **meta}
+           "classes": class_names(train_ds if val_ds is None else val_ds), **meta}
     for split, ds, feats in (("train", train_ds, train_feats), ("val", val_ds, val_feats)):
+        if ds is None:  # no such split (an unlabelled folder has no val)
+            out[f"{split}_indices"] = torch.zeros(0, dtype=torch.long)
+            continue
         idx = source_indices(ds)[1]
         if len(idx) != len(feats):
             raise RuntimeError(f"export.record: {len(feats)} {split} features for {len(idx)} images")
@@ -122,7 +125,10 @@ def projector(log_dir, feats, labels, thumbs, names, tag="val_features"):
 def run(args, model, train_feats, task, val_loader, device, autocast, source, ckpt_path):
     """Writes args.export_features (and its .npz twin) and/or the projector embedding; `ckpt_path` the
     checkpoint evaluated (given or the latest). Collective under torchrun (the val features); rank 0 writes."""
-    val, val_labels, val_idx = features.extract_features(model, val_loader, device, "embed", autocast=autocast)
+    if val_loader is None:  # an unlabelled folder: its images are the index, there is no val split
+        val, val_labels = torch.zeros(0, train_feats.shape[1]), torch.zeros(0, dtype=torch.long)
+    else:
+        val, val_labels, _ = features.extract_features(model, val_loader, device, "embed", autocast=autocast)
     if not du.is_main_process():
         return
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)))
@@ -133,7 +139,9 @@ def run(args, model, train_feats, task, val_loader, device, autocast, source, ck
         npz = save(out, args.export_features)
         print(f" * features: train {tuple(out['train_features'].shape)} ({source}), val {tuple(val.shape)} -> "
               f"'{args.export_features}', '{npz}'")
-    if args.export_embedding:
+    if args.export_embedding and not len(val):
+        print(" * no val images: no projector embedding")
+    elif args.export_embedding:
         k = min(args.export_embedding, len(val))
         pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(args.seed))[:k].sort().values
         thumbs = report.denormalize(torch.stack([task.val[i][0] for i in pick.tolist()]), task.mean, task.std).clamp(0, 1)

@@ -4,6 +4,8 @@
 features; `knn_eval` extracts the query features with lib/features.py and then classifies them, as
 DINO's eval_knn.py does (extract, then a pure kNN). The recomputed train features never touch the
 memory bank (`compute_features` writes a new tensor by dataset index)."""
+import math
+
 import torch
 
 from . import features
@@ -117,3 +119,19 @@ def NN(net, bank, bank_labels, testloader, device="cpu"):
     """The original's per-epoch monitor: 1-NN top-1 (percent)."""
     num_classes = int(torch.as_tensor(bank_labels).max()) + 1
     return knn_eval(net, bank, bank_labels, testloader, num_classes, 1, 1.0, device)["nn_top1"]
+
+
+@torch.no_grad()
+def uniformity(feats, n=2048, t=2.0, seed=0):
+    """Wang & Isola's uniformity of unit-norm rows, log E exp(-t ||x - y||^2) over the pairs of a seeded
+    sample of n rows (all if fewer), in float64: 0 when all rows coincide, lower when spread (about
+    -3.8 for 128-d rows uniform on the sphere at t = 2). A label-free measure of a memory bank."""
+    x = feats.detach().double()
+    if len(x) > n:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)]
+    if len(x) < 2:
+        return 0.0
+    d2 = (2 - 2 * x @ x.T).clamp(min=0)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return float(torch.logsumexp(-t * d2[off], 0) - math.log(int(off.sum())))
+

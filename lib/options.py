@@ -30,6 +30,24 @@ def seed(flag="--seed"):
     return parse
 
 
+AUTO_SOFTMAX_MAX = 100_000  # --nce-k auto: the paper's full softmax for CIFAR's 50k, NCE 4096 for ImageNet's 1.28M
+
+
+def nce_k(text):
+    """--nce-k: a whole number, or 'auto' (resolved by resolve_nce_k once the training set's size is known)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --nce-k '{text}' (a whole number, or auto)") from None
+
+
+def resolve_nce_k(k, n):
+    """The K of --nce-k auto for n training images; any other value as given."""
+    return (0 if n <= AUTO_SOFTMAX_MAX else 4096) if k == "auto" else k
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -62,7 +80,8 @@ def parser(description, defaults):
 
     g = p.add_argument_group("NPID")
     g.add_argument("--low-dim", default=128, type=int, help="feature dimension")
-    g.add_argument("--nce-k", default=4096, type=int, help="negatives for NCE; 0 = full non-parametric softmax")
+    g.add_argument("--nce-k", default=4096, type=nce_k, help="negatives for NCE; 0 = full non-parametric softmax; auto: "
+                   f"the full softmax up to {AUTO_SOFTMAX_MAX:,} training images (CIFAR's choice), else 4096 (ImageNet's)")
     g.add_argument("--nce-t", default=d["nce_t"], type=float, help="temperature T (also the kNN sigma)")
     g.add_argument("--nce-m", default=0.5, type=float, help="memory-bank momentum m")
     g.add_argument("--nce-loss", default="nce", choices=["nce", "ce"],

@@ -33,7 +33,7 @@ def class_text(label, names):
     label = torch.as_tensor(label)
     if label.dim() == 0:
         c = int(label)
-        return names[c] if c < len(names) else str(c)
+        return "-" if c < 0 else names[c] if c < len(names) else str(c)  # -1: an unlabelled image
     present = label.nonzero().flatten().tolist()
     return "+".join(names[c] if c < len(names) else str(c) for c in present) or "(none)"
 
@@ -52,6 +52,15 @@ def exact_search(query, bank, k, chunk=QUERY_CHUNK):
     if not sims:
         return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
     return torch.cat(sims), torch.cat(idx)
+
+
+def others(query, bank, positions, k):
+    """(similarities, indices) B x k of the queries, rows `positions` of `bank` themselves, among the
+    other rows: the query's own row is left out (an unlabelled folder searched against itself)."""
+    sims, idx = exact_search(query, bank, k + 1)
+    keep = idx != torch.as_tensor(positions, device=idx.device)[:, None]
+    keep &= keep.cumsum(1) <= k  # k per row: the first k that are not the query (all k + 1 if it fell out)
+    return sims[keep].view(len(idx), k), idx[keep].view(len(idx), k)
 
 
 def check_k(k, n):
@@ -141,6 +150,7 @@ figure{margin:0 3px;width:THUMBpx;flex:none;text-align:center;font-size:10px}
 figure img{width:THUMBpx;height:THUMBpx;object-fit:contain;display:block;border:3px solid #fff;background:#eee;
 image-rendering:PIXELS}
 figure.query img{border-color:#36c}figure.hit img{border-color:#4a4}figure.miss img{border-color:#d22}
+figure.nn img{border-color:#ccc}
 figure.miss figcaption{color:#d22;font-weight:bold}figcaption{overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
 """
 # every image reports whether it loaded: the headless-browser check (scripts/check_page.py) reads these
@@ -156,32 +166,42 @@ def _figure(kind, src, caption, title):
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def write_page(out, title, notes, sources, queries, q_labels, train_labels, names, thumb, pixelated, ids):
+def write_page(out, title, notes, sources, queries, q_labels, train_labels, names, thumb, pixelated, ids, labelled=True):
     """out/index.html: a metrics table (per source: precision@K over all val images, kNN top-1),
     then for each query one row per source: the query, then its top-K training images with class,
     similarity, and a red mark where the class differs from the query's. `sources`: dicts with
     name, precision, knn, sims and idx (len(queries) x K), positions in the splits; `thumb(split,
-    position)` -> relative path; `ids[split][position]`: the dataset's index, the one shown."""
+    position)` -> relative path; `ids[split][position]`: the dataset's index, the one shown. Not
+    `labelled` (a folder of your own images): no table and no class marks, the similarity under each."""
     e = html.escape
     k = sources[0]["idx"].shape[1]
-    rows = "".join(f"<tr><td>{e(s['name'])}</td><td>{s['precision']:.2f}</td><td>{s['knn']}</td></tr>" for s in sources)
+    rows = "".join(f"<tr><td>{e(s['name'])}</td><td>{s['precision']:.2f}</td><td>{s['knn']}</td></tr>"
+                   for s in sources if labelled)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>",
              CSS.replace("THUMB", "72").replace("PIXELS", "pixelated" if pixelated else "auto"), "</style></head><body>",
-             f"<h1>{e(title)}</h1>", *(f"<p>{e(n)}</p>" for n in notes),
-             f"<table class='m'><tr><th>features</th><th>precision@{k} (%, all val images)</th>"
-             f"<th>kNN top-1 (%)</th></tr>{rows}</table>",
-             "<p>Blue: the query (a val image). Green: a retrieved training image of the query's class; "
-             "<b style='color:#d22'>red, with &#10007;</b>: another class. Under each image: its class and its "
-             "cosine similarity to the query.</p>"]
+             f"<h1>{e(title)}</h1>", *(f"<p>{e(n)}</p>" for n in notes)]
+    if labelled:
+        parts += [f"<table class='m'><tr><th>features</th><th>precision@{k} (%, all val images)</th>"
+                  f"<th>kNN top-1 (%)</th></tr>{rows}</table>",
+                  "<p>Blue: the query (a val image). Green: a retrieved training image of the query's class; "
+                  "<b style='color:#d22'>red, with &#10007;</b>: another class. Under each image: its class and its "
+                  "cosine similarity to the query.</p>"]
+    else:
+        parts.append("<p>Blue: the query. Then its nearest images among the others; under each its cosine similarity "
+                     "to the query (no labels: no classes, no precision).</p>")
     for r, q in enumerate(queries):
         qname = class_text(q_labels[q], names)
-        parts.append(f"<div class='q'><h2>query {r + 1}: val image {ids['val'][q]}, class {e(qname)}</h2>")
+        what = f"val image {ids['val'][q]}, class {e(qname)}" if labelled else f"image {ids['val'][q]}"
+        parts.append(f"<div class='q'><h2>query {r + 1}: {what}</h2>")
         for s in sources:
-            figs = [_figure("query", thumb("val", q), e(qname), f"val {ids['val'][q]}: {qname}")]
+            figs = [_figure("query", thumb("val", q), e(qname) if labelled else "query", f"val {ids['val'][q]}: {qname}")]
             hit = same_class(q_labels[q:q + 1], train_labels[s["idx"][r]][None])[0]
             for j in range(k):
                 i, sim = int(s["idx"][r, j]), float(s["sims"][r, j])
                 cname = class_text(train_labels[i], names)
+                if not labelled:
+                    figs.append(_figure("nn", thumb("train", i), f"{sim:.3f}", f"image {ids['train'][i]}, similarity {sim:.4f}"))
+                    continue
                 mark = "" if hit[j] else "&#10007; "
                 figs.append(_figure("hit" if hit[j] else "miss", thumb("train", i), f"{mark}{e(cname)}<br>{sim:.3f}",
                                     f"train {ids['train'][i]}: {cname}, similarity {sim:.4f}"))

@@ -34,7 +34,8 @@ def rng_state():
     return s
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None):
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None, images=None):
+    """`images`: an unlabelled folder's relative paths, the order its bank rows follow (None otherwise)."""
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
              "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
@@ -43,6 +44,8 @@ def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=Fal
         state["scaler"] = scaler.state_dict()
     if head:  # a method's own parameters beside the model (CLD's group head); absent for NPID
         state["method_head"] = head
+    if images is not None:
+        state["images"] = list(images)
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     checkpoint.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
@@ -195,9 +198,25 @@ def resume_path(args):
     return latest, True
 
 
-def resume(args, model, bank, optimizer, n, scaler=None, method=None):
+def check_same_images(ck, path, images):
+    """An unlabelled folder's bank rows are its images in the order the checkpoint lists: the folder
+    must still hold exactly those (a labelled run, and the authors' files, list none)."""
+    saved = ck.get("images")
+    if images is None and saved is None:
+        return
+    if images is None or saved is None:
+        raise UserError(f"'{path}' was trained on {'an unlabelled folder' if saved is not None else 'a labelled train/ + val/ layout'}; "
+                        f"DATA here is {'a labelled layout' if images is None else 'an unlabelled folder'}")
+    if list(saved) != list(images):
+        new, gone = len(set(images) - set(saved)), len(set(saved) - set(images))
+        raise UserError(f"the images under DATA are not those '{path}' was trained on ({new} new, {gone} gone"
+                        f"{', another order' if not new and not gone else ''}; its bank indexes them by position): "
+                        "restore the folder, or train a new run (another --checkpoint-dir)")
+
+
+def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=None):
     """Explicit --resume, else the latest checkpoint in --checkpoint-dir (auto-resume; evaluation
-    without --resume evaluates that one and says so)."""
+    without --resume evaluates that one and says so). `images`: an unlabelled folder's relative paths."""
     path, auto = resume_path(args)
     if path is None:
         return 0, None
@@ -207,6 +226,8 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None):
     ck = checkpoint.load(path)
     if not args.evaluate:  # another run (another --method, --arch, bank...) is said first, by its flags
         check_same_run(args, ck, path, auto)
+    if not ck.get("legacy"):
+        check_same_images(ck, path, images)
     load_model_weights(model, ck, args, path)
     mem = bank_from_checkpoint(ck, path, n)
     if args.evaluate:

@@ -141,8 +141,8 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(cifar_dir, tmp_path, monkeypa
 
 
 BAD = [
-    ("main.py", ["{tmp}/nowhere"], "nowhere/train' is missing"),
-    ("main.py", ["{tmp}/onlytrain"], "val' is missing"),
+    ("main.py", ["{tmp}/nowhere"], "nowhere' does not exist or is not a folder"),
+    ("main.py", ["{tmp}/onlytrain"], "train' holds no image files"),  # train/ alone: an unlabelled folder
     ("main.py", ["{img}", "--nce-k", "24", "-j", "0"], "--nce-k 24 must be smaller than the training set (24 images)"),
     ("main.py", ["{img}", "--nce-t", "0"], "--nce-t must be > 0"),
     ("main.py", ["{img}", "--nce-m", "1"], "--nce-m must be in [0, 1)"),
