@@ -246,7 +246,9 @@ def check_folder(args, C):
     checkpoint. Returns this run's identity."""
     identity = {**runs.plain_args(args), "num_classes": C}
     path = os.path.join(args.checkpoint_dir, "run.json")
-    if not os.path.isfile(path) and os.path.isdir(args.checkpoint_dir) and os.listdir(args.checkpoint_dir):
+    here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
+    mine = any(f.startswith("finetune-") and f.endswith(".pth") for f in here)  # a run older than run.json
+    if not os.path.isfile(path) and not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write
         raise UserError(f"--checkpoint-dir '{args.checkpoint_dir}' holds files that finetune.py did not write (no "
                         "run.json); give a new or empty folder")
     if args.no_auto_resume or not os.path.isfile(path):

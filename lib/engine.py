@@ -67,6 +67,9 @@ def check_args(args, n_train, labelled=True):
     if n_train < args.batch_size and not args.evaluate:
         raise UserError(f"the training set has {n_train} images, fewer than one batch (-b {args.batch_size}); "
                         f"give -b {n_train} or less")
+    if getattr(args, "head", "linear") == "mlp-bn" and args.batch_size // args.world_size < 2 and not args.evaluate:
+        raise UserError(f"--head mlp-bn needs at least 2 images per process in a batch (BatchNorm); -b "
+                        f"{args.batch_size} over {args.world_size} process(es) gives {args.batch_size // args.world_size}")
     if labelled is False and args.baselines:
         raise UserError("--baselines scores kNN on labelled val/ images; this DATA has no labels")
     if args.batch_size % args.world_size:

@@ -80,9 +80,13 @@ def check_target(path, flag, inputs=(), force=False, replaceable=(), force_flag=
 
 
 def save(out, path):
-    """`path` (.pt, read by torch.load(weights_only=True)) and its .npz twin, each written atomically."""
-    checkpoint.save_atomic(out, path)
+    """`path` (.pt, read by torch.load(weights_only=True)) and its .npz twin, each written atomically;
+    an earlier twin goes first, so an interrupt leaves at worst a .pt without one, never a pair that
+    disagrees."""
     npz = twin(path)
+    if os.path.lexists(npz):
+        os.remove(npz)
+    checkpoint.save_atomic(out, path)
     arrays = {k: (v.numpy() if torch.is_tensor(v) else np.array(v)) for k, v in out.items()}
     checkpoint.write_atomic(npz, lambda f: np.savez(f, **arrays), "feature file")
     return npz

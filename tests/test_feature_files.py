@@ -156,10 +156,12 @@ def test_the_npz_twin_is_written_atomically(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(np, "savez", cut)
+    new = dict(out, train_features=torch.ones(2, 3))  # another output replacing the pair
     with pytest.raises(KeyboardInterrupt):
-        export.save(out, str(tmp_path / "f.pt"))
-    assert (tmp_path / "f.npz").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["f.npz", "f.pt"]  # no temp file left
+        export.save(new, str(tmp_path / "f.pt"))
+    assert torch.equal(export.checkpoint.read(str(tmp_path / "f.pt"))["train_features"], torch.ones(2, 3))
+    assert sorted(os.listdir(tmp_path)) == ["f.pt"]  # no partial twin, no earlier twin beside it, no temp file
+    assert before[:2] == b"PK"
 
 
 def test_export_of_the_latest_checkpoint_records_it(cifar_dir, tiny_ckpt, tmp_path, capsys):
@@ -246,6 +248,12 @@ def test_mlp_bn_head_with_a_last_batch_of_one(extra, cifar_dir, tmp_path, capsys
     assert code == 0, err
     assert "1 image per process, which BatchNorm cannot normalise" in out
     assert "[0][2/2]" in out and "[0][3/3]" not in out  # 51 images in batches of 25: the lone 51st left out
+    one_line_error(*call(cifar.main, capsys, "--data", cifar_dir, "--epochs", "1", "-b", "1", "--nce-k", "8",
+                         "--head", "mlp-bn", *extra, "--checkpoint-dir", tmp_path / "one", *TINY)[::2],
+                   "--head mlp-bn needs at least 2 images per process")
+    one_line_error(*call(cifar.main, capsys, "--data", cifar_dir, "--epochs", "1", "-b", "25", "--nce-k", "0",
+                         "--head", "mlp-bn", "--train-subset", "1", "--checkpoint-dir", tmp_path / "tiny", *TINY)[::2],
+                   "fewer than one batch")
     # any other head sees every batch
     code, out, err = call(cifar.main, capsys, "--data", cifar_dir, "--epochs", "1", "-b", "25", "--nce-k", "8",
                           *extra, "--checkpoint-dir", tmp_path / "lin", *TINY, "--retrievals", "0", "--test-subset", "20")
@@ -287,3 +295,10 @@ def test_finetune_refuses_a_folder_of_other_files(cifar_dir, tiny_ckpt, tmp_path
                              "--checkpoint-dir", out, *extra)[::2], "did not write")
     assert sorted(os.listdir(out)) == ["log.txt", "subset.txt"]
     assert (out / "subset.txt").read_text() == "keep\n" and (out / "log.txt").read_text() == "keep\n"
+    # a folder holding only a temp file of a write cut short is not foreign
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / ".tmp-abc.pth").write_bytes(b"partial")
+    code, _, err = call(finetune.main, capsys, "--data", cifar_dir, "--pretrained", tiny_ckpt, "-j", "0", "--epochs", "1",
+                        "-b", "20", "--labels", "20%", "--lr", "0.01", "--head-lr-mult", "1", "--checkpoint-dir", cut)
+    assert code == 0, err
