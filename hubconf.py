@@ -47,10 +47,17 @@ _features, _registry = _own_modules()
 
 
 def _fetch(source, progress=True):
-    """A local path as it is; a URL (https://, file://) downloaded once into torch.hub's cache."""
+    """A local path, or a file:// URL, as it is; an http(s) URL downloaded once into torch.hub's cache,
+    under a name of its own (two URLs ending in checkpoint.pth are two files)."""
+    import hashlib
+    import urllib.parse
+    import urllib.request
     if "://" not in str(source):
         return str(source)
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", "npid", os.path.basename(source.split("?")[0]))
+    if source.startswith("file://"):
+        return urllib.request.url2pathname(urllib.parse.urlparse(source).path)
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", "npid", f"{key}-{os.path.basename(source.split('?')[0])}")
     if not os.path.isfile(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:

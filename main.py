@@ -34,7 +34,7 @@ def get_args(argv=None):
                    help="RandomResizedCrop's smallest scale (the authors' 0.2; PIC.sh --crop 0.08)")
     args = options.parse(p, argv)
     if args.checkpoint_dir is None:  # named after the data folder
-        args.checkpoint_dir = os.path.join("checkpoints", os.path.basename(os.path.normpath(args.data)) or "data")
+        args.checkpoint_dir = os.path.join("checkpoints", os.path.basename(os.path.realpath(args.data)) or "data")
         if args.checkpoint_dir != "checkpoints/imagenet" and os.path.isfile("checkpoints/imagenet/checkpoint.pth") \
                 and not os.path.exists(args.checkpoint_dir):
             print("note: checkpoints/imagenet/ holds a run from before the folder was named after DATA; pass "
@@ -99,7 +99,7 @@ def task(args):
         open_ = lambda train, tf: registry.open_split("imagenet", args.data, train, tf)
         train, train_eval, val = open_(True, train_tf), open_(True, test_tf), open_(False, test_tf)
     else:  # your own images: every image under root, no labels (no kNN monitor, no val)
-        train = folder.open_unlabelled(root, train_tf)
+        train = folder.open_unlabelled(root, train_tf, exclude=[args.checkpoint_dir])  # not the run's own files
         train_eval, val = folder.UnlabelledImages(root, train.rel, test_tf), None
         print(f"=> {len(train)} unlabelled images under '{root}' (no train/ and val/ class folders): the epoch line "
               "reports the loss and the bank's uniformity; no kNN, no model_best.pth")

@@ -249,15 +249,18 @@ def pick_queries(args, val):
         return torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[:args.num_queries].tolist()
     by_index = {d: i for i, d in enumerate(export.source_indices(val)[1])}
     by_path = {os.path.realpath(p): i for i, p in enumerate(export.image_paths(val) or [])}
+    top = getattr(export.source_indices(val)[0], "root", ".")  # a path may be given relative to the split's folder
     out = []
     for q in args.queries:
+        found = [by_path[p] for p in (os.path.realpath(q), os.path.realpath(os.path.join(top, q))) if p in by_path]
         if q.isdecimal() and q.isascii() and int(q) in by_index:
             out.append(by_index[int(q)])
-        elif os.path.realpath(q) in by_path:
-            out.append(by_path[os.path.realpath(q)])
+        elif found:
+            out.append(found[0])
         else:
             where = f"one of the {n} of --test-subset" if args.test_subset else f"0..{n - 1}"
-            raise UserError(f"--queries '{q}' is neither a val index ({where}) nor a val image of this split")
+            raise UserError(f"--queries '{q}' is neither an index ({where}) nor an image of this split (a path as "
+                            f"given, or under '{top}')")
     return out
 
 

@@ -97,12 +97,20 @@ def _image_suffixes():
     return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def find_images(root):
+def find_images(root, exclude=()):
     """Relative paths (with '/') of every file under `root` whose suffix PIL opens, found recursively,
-    hidden files and folders skipped, sorted: the order the bank indexes them by."""
+    hidden files and folders skipped, each real folder once (a link back up is not a loop), the
+    folders in `exclude` (a run's own outputs inside DATA) skipped, sorted: the order the bank indexes them by."""
     suffixes, out = _image_suffixes(), []
+    seen, skip = {os.path.realpath(root)}, {os.path.realpath(x) for x in exclude}
     for d, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        keep = []
+        for x in sorted(dirs):
+            real = os.path.realpath(os.path.join(d, x))
+            if not x.startswith(".") and real not in seen and real not in skip:
+                seen.add(real)
+                keep.append(x)
+        dirs[:] = keep
         rel = os.path.relpath(d, root)
         out += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files
                 if not f.startswith(".") and os.path.splitext(f)[1].lower() in suffixes]
@@ -171,10 +179,11 @@ def layout(data):
     return "unlabelled", train if os.path.isdir(train) else data
 
 
-def open_unlabelled(root, transform=None):
+def open_unlabelled(root, transform=None, exclude=()):
     """UnlabelledImages of `root`, checked: no images, unreadable files: one line; copies: a note."""
-    rel = find_images(root)
+    rel = find_images(root, exclude)
     if not rel:
-        raise UserError(f"'{root}' holds no image files (looked recursively for {', '.join(sorted(_image_suffixes())[:6])}, ...)")
+        raise UserError(f"'{root}' holds no image files (looked recursively, hidden files and folders skipped, for "
+                        f"{', '.join(sorted(_image_suffixes())[:6])}, ...)")
     check_images(root, rel)
     return UnlabelledImages(root, rel, transform)

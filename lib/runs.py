@@ -205,8 +205,9 @@ def check_same_images(ck, path, images):
     if images is None and saved is None:
         return
     if images is None or saved is None:
-        raise UserError(f"'{path}' was trained on {'an unlabelled folder' if saved is not None else 'a labelled train/ + val/ layout'}; "
-                        f"DATA here is {'a labelled layout' if images is None else 'an unlabelled folder'}")
+        raise UserError(f"'{path}' was trained on {'an unlabelled folder' if saved is not None else 'a labelled layout'}; "
+                        f"DATA here is {'a labelled layout' if images is None else 'an unlabelled folder'} (its bank indexes "
+                        "other images; to index a folder with another network: retrieve.py DATA --pretrained CKPT --save-features F.pt)")
     if list(saved) != list(images):
         new, gone = len(set(images) - set(saved)), len(set(saved) - set(images))
         raise UserError(f"the images under DATA are not those '{path}' was trained on ({new} new, {gone} gone"
@@ -226,7 +227,7 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=Non
     ck = checkpoint.load(path)
     if not args.evaluate:  # another run (another --method, --arch, bank...) is said first, by its flags
         check_same_run(args, ck, path, auto)
-    if not ck.get("legacy"):
+    if not ck.get("legacy") or images is not None:  # the authors' files: labelled ImageNet
         check_same_images(ck, path, images)
     load_model_weights(model, ck, args, path)
     mem = bank_from_checkpoint(ck, path, n)

@@ -81,13 +81,21 @@ assert m.npid_info['arch'] == 'ResNet10' and m.preprocess['input_size'] == 32
 with torch.no_grad():
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
 for entry, src, msg in [('npid_resnet50', {str(released)!r}, 'holds a resnet18, not a resnet50'),
-                        ('npid_resnet18', 'file:///nonexistent/x.pth', 'pass checkpoint=PATH'),
+                        ('npid_resnet18', 'http://127.0.0.1:9/x.pth', 'pass checkpoint=PATH'),
+                        ('npid_resnet18', 'file:///nonexistent/x.pth', 'no checkpoint file at'),
                         ('npid', '/nonexistent/x.pth', 'no checkpoint file at')]:
     try:
         torch.hub.load({ROOT!r}, entry, source='local', checkpoint=src)
         raise SystemExit('accepted ' + src)
     except Exception as e:
         assert msg in str(e) and len(str(e).splitlines()) == 1, str(e)
+# two URLs that end in the same file name are two files in the cache
+import shutil
+src = {{'http://a.example/checkpoint.pth': {str(tiny_cifar_ckpt)!r}, 'http://b.example/checkpoint.pth': {str(released)!r}}}
+torch.hub.download_url_to_file = lambda url, dst, progress=True: shutil.copy(src[url], dst)
+a = torch.hub.load({ROOT!r}, 'npid', source='local', checkpoint='http://a.example/checkpoint.pth')
+b = torch.hub.load({ROOT!r}, 'npid', source='local', checkpoint='http://b.example/checkpoint.pth')
+assert a.npid_info['arch'] == 'ResNet10' and b.npid_info['arch'] == 'resnet18', (a.npid_info, b.npid_info)
 print('ok')"""
     r = hub(tmp_path, code)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

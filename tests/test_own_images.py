@@ -74,7 +74,8 @@ def test_an_unlabelled_folder_trains_resumes_and_is_searched(photos, tmp_path, c
     assert f"  {q}" in out and "  -  " in out.splitlines()[1]  # each hit by its path; no class: '-'
     # the page without classes: no table, no marks, a similarity under each image
     code, out, err = call(retrieve.main, capsys, photos, "--features", tmp_path / "idx.pt", "--out", tmp_path / "nn",
-                          "-j", "0", "-k", "4", "--num-queries", "2", "--device", "cpu", "--queries", q, "0")
+                          "-j", "0", "-k", "4", "--num-queries", "2", "--device", "cpu", "--queries",
+                          "trip1/day1/img55.jpg", "0")  # a path as the checkpoint records it: relative to DATA
     assert code == 0, err
     page = (tmp_path / "nn" / "index.html").read_text()
     assert "precision@" not in page and "figure class=\"hit\"" not in page and page.count("figure class=\"nn\"") == 2 * 2 * 4
@@ -92,6 +93,12 @@ def test_train_alone_and_the_default_folder(photos, tmp_path, capsys):
     assert code == 0 and "200 unlabelled images under" in out and "set/train'" in out, err
     assert main_py.get_args([str(tmp_path / "my photos")]).checkpoint_dir == os.path.join("checkpoints", "my photos")
     assert main_py.get_args(["/data/imagenet/"]).checkpoint_dir == os.path.join("checkpoints", "imagenet")
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path / "set")
+        assert main_py.get_args(["."]).checkpoint_dir == os.path.join("checkpoints", "set")
+    finally:
+        os.chdir(cwd)
 
 
 def test_bad_folders_are_one_line(photos, tmp_path, capsys):
@@ -123,14 +130,18 @@ def test_bad_folders_are_one_line(photos, tmp_path, capsys):
 
 def test_a_changed_folder_is_not_resumed(tmp_path, capsys):
     data = write_photos(str(tmp_path / "p"), n=20, flat=5)
-    argv = [data, *FAST, "-b", "10", "--nce-k", "0", "--checkpoint-dir", tmp_path / "c"]
+    os.symlink(".", os.path.join(data, "self"))  # links back up are no loop: each real folder once
+    os.symlink("..", os.path.join(data, "trip0", "up"))
+    assert folder.find_images(data) == sorted(folder.find_images(data)) and len(folder.find_images(data)) == 20
+    ck = os.path.join(data, "run")  # the run's own folder inside DATA is not searched for images
+    argv = [data, *FAST, "-b", "10", "--nce-k", "0", "--checkpoint-dir", ck]
     code, _, err = call(main_py.main, capsys, *argv, "--epochs", "1")
     assert code == 0, err
-    code, _, err = call(main_py.main, capsys, *argv, "--resume", tmp_path / "c" / "checkpoint.pth", "-e")
+    code, _, err = call(main_py.main, capsys, *argv, "--resume", os.path.join(ck, "checkpoint.pth"), "-e")
     assert code == 0, err
     os.rename(os.path.join(data, "img1.jpg"), os.path.join(data, "img1b.jpg"))
     one_line_error(*call(main_py.main, capsys, *argv, "--epochs", "2")[::2], "1 new, 1 gone")
-    one_line_error(*call(main_py.main, capsys, *argv, "--resume", tmp_path / "c" / "checkpoint.pth", "-e")[::2],
+    one_line_error(*call(main_py.main, capsys, *argv, "--resume", os.path.join(ck, "checkpoint.pth"), "-e")[::2],
                    "1 new, 1 gone")
 
 
