@@ -259,8 +259,9 @@ def pick_queries(args, val):
             out.append(found[0])
         else:
             where = f"one of the {n} of --test-subset" if args.test_subset else f"0..{n - 1}"
-            raise UserError(f"--queries '{q}' is neither an index ({where}) nor an image of this split (a path as "
-                            f"given, or under '{top}')")
+            val_ = "" if isinstance(export.source_indices(val)[0], folder.UnlabelledImages) else "val "  # no val split
+            raise UserError(f"--queries '{q}' is neither a {val_}index ({where}) nor a {val_}image of this split (a path "
+                            f"as given, or under '{top}')")
     return out
 
 
