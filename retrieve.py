@@ -132,10 +132,10 @@ def open_splits(args, transform, images=None):
     """{'train', 'val'}: the dataset's splits; for a folder of your own images (no train/ + val/ class
     folders) one unlabelled set that is both (queries are its images, searched among the others);
     `images` its file list when known (the raw pictures reopen it without checking it again)."""
-    if args.dataset == "imagenet" and folder.layout(args.root)[0] == "unlabelled":
+    kind, root = folder.layout(args.root) if args.dataset == "imagenet" else ("labelled", None)
+    if kind == "unlabelled":
         if args.train_subset or args.test_subset:
             raise UserError("--train-subset / --test-subset take labelled splits; DATA here is a folder of unlabelled images")
-        root = folder.layout(args.root)[1]
         ds = folder.UnlabelledImages(root, images, transform) if images else folder.open_unlabelled(root, transform)
         return {"train": ds, "val": ds}
     open_ = lambda train, n: registry.open_split(args.dataset, args.root or args.data, train, transform,
@@ -247,9 +247,10 @@ def pick_queries(args, val):
     n = len(val)
     if not args.queries:
         return torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))[:args.num_queries].tolist()
-    by_index = {d: i for i, d in enumerate(export.source_indices(val)[1])}
+    base, ids = export.source_indices(val)
+    by_index = {d: i for i, d in enumerate(ids)}
     by_path = {os.path.realpath(p): i for i, p in enumerate(export.image_paths(val) or [])}
-    top = getattr(export.source_indices(val)[0], "root", ".")  # a path may be given relative to the split's folder
+    top = getattr(base, "root", ".")  # a path may be given relative to the split's folder
     out = []
     for q in args.queries:
         found = [by_path[p] for p in (os.path.realpath(q), os.path.realpath(os.path.join(top, q))) if p in by_path]
@@ -259,7 +260,7 @@ def pick_queries(args, val):
             out.append(found[0])
         else:
             where = f"one of the {n} of --test-subset" if args.test_subset else f"0..{n - 1}"
-            val_ = "" if isinstance(export.source_indices(val)[0], folder.UnlabelledImages) else "val "  # no val split
+            val_ = "" if isinstance(base, folder.UnlabelledImages) else "val "  # no val split
             raise UserError(f"--queries '{q}' is neither a {val_}index ({where}) nor a {val_}image of this split (a path "
                             f"as given, or under '{top}')")
     return out
