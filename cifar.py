@@ -8,7 +8,7 @@ from torchvision import transforms
 import models
 from datasets import CIFAR10Instance, CIFAR100Instance, FashionMNISTInstance, InstanceSubset  # noqa: F401 (its names)
 from datasets import num_classes, registry
-from lib import engine, options
+from lib import engine, options, runs
 from lib.errors import UserError
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
@@ -23,14 +23,14 @@ def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=128, weight_decay=5e-4, nce_t=0.1, workers=2,
                                      knn_source="recompute", checkpoint_dir=None))
     p.add_argument("--dataset", default="cifar10", choices=list(STATS), help="which dataset")
-    p.add_argument("--data", default="./data", help="dataset root (CIFAR: holds cifar-10-batches-py / cifar-100-python)")
-    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction,
+    options.flag(p, options.EXPLICIT, "--data", default="./data", help="dataset root (CIFAR: holds cifar-10-batches-py / cifar-100-python)")
+    options.flag(p, options.EXEC, "--download", default=True, action=argparse.BooleanOptionalAction,
                    help="let torchvision download the dataset if it is absent (as the original did)")
     p.add_argument("--arch", default="ResNet18", choices=models.CIFAR_ARCHS, help="CIFAR ResNet")
     p.add_argument("--width", default=64, type=int, help="channels of the first stage (64 = the paper's ResNet)")
     p.add_argument("--size", default=None, type=int, help="training crop size (default: 32 for CIFAR, 28 for Fashion-MNIST)")
     p.add_argument("--train-subset", default=0, type=int, help="train on this many images only (a fixed random subset)")
-    p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
+    options.flag(p, options.RESUMABLE, "--test-subset", default=0, type=int, help="evaluate on this many test images only")
     # this repo's knobs for recipes other than the paper's (docs/fashion_mnist_study.md); each default is the paper's
     p.add_argument("--holdout", default=0, type=int, metavar="N",
                    help="hold out N images of the TRAINING file (a fixed seeded set) as the val split, test transform, "
@@ -42,11 +42,13 @@ def get_args(argv=None):
                    help="the smallest area share of RandomResizedCrop (the paper's list: 0.2)")
     p.add_argument("--jitter", default=0.4, type=float,
                    help="ColorJitter's brightness, contrast, saturation and hue strength (the paper's list: 0.4); 0 = no jitter")
-    p.add_argument("-r", "--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from")
-    p.add_argument("--test-only", dest="evaluate", action="store_true", help="evaluate --resume and exit")
-    p.add_argument("--init", default="authors", choices=["authors", "torchvision"],
+    options.flag(p, options.RESUMABLE, "--init", default="authors", choices=["authors", "torchvision"],
                    help="CIFAR ResNet init: the authors' (PyTorch 0.4 defaults) or torchvision's kaiming-normal")
-    args = options.parse(p, argv)
+    return runs.parse(p, argv, lambda args: finish(p, args))
+
+
+def finish(p, args):
+    """cifar.py's checks of its own flags, and its default --checkpoint-dir."""
     if not 0 < args.crop_min <= 1:
         p.error(f"--crop-min must be in (0, 1], got {args.crop_min}")
     if not 0 <= args.jitter <= 0.5:  # torchvision's hue must be in [0, 0.5]
@@ -154,7 +156,7 @@ def task(args):
 
 def main(argv=None):
     args = get_args(argv)
-    return engine.run(args, lambda: task(args))
+    return engine.run(args, lambda: task(args), "cifar.py")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from datasets.folder import check_val_classes
 from datasets.subset import draw_per_class, parse_labels, read_subset_file, write_subset_file
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, engine, features, knn, options, report, runs
+from lib import amp, data, engine, features, knn, options, runs
 from lib.errors import UserError, brief, exit_on_error
 
 RECIPES = {
@@ -44,7 +44,7 @@ RECIPES = {
 def get_args(argv=None):
     p = options.bare(__doc__)
     options.add_data(p, registry.SMALL)
-    p.add_argument("--pretrained", required=True, metavar="CKPT|none", help="this repo's checkpoint, the "
+    options.flag(p, options.EXEC, "--pretrained", required=True, metavar="CKPT|none", help="this repo's checkpoint, the "
                    "authors' file or a torchvision state dict; 'none': random init (the paper's scratch baseline)")
     p.add_argument("-a", "--arch", default=None, help="with --pretrained none (default resnet50 / ResNet18), "
                    "else only for files that do not name it")
@@ -52,17 +52,18 @@ def get_args(argv=None):
     g = p.add_argument_group("the labelled subset")
     g.add_argument("--labels", default=None, help="'1%%', '10%%' (each class's share) or '60/class'")
     g.add_argument("--subset-seed", default=0, type=options.seed("--subset-seed"), help="the seed of the class-balanced draw")
-    g.add_argument("--subset-file", default=None, help="instead of --labels: one training file name per line "
+    options.flag(g, options.EXEC, "--subset-file", default=None, help="instead of --labels: one training file name per line "
                    "(SimCLR's imagenet_subsets/1percent.txt), or the subset.txt of another run")
     g = p.add_argument_group("recipe (defaults: the --recipe's values)")
-    g.add_argument("--recipe", default="mmselfsup", choices=list(RECIPES))
-    g.add_argument("--epochs", default=None, type=int)
+    g.add_argument("--recipe", default="mmselfsup", choices=list(RECIPES),
+                   help="the defaults of the flags below: mmselfsup's semi-supervised benchmark, or the paper's 4.3")
+    g.add_argument("--epochs", default=None, type=int, help="20 (mmselfsup) / 70 (paper)")
     g.add_argument("--lr", default=None, help="the backbone's lr; several (comma-separated): a grid")
     g.add_argument("--head-lr-mult", default=None, help="the classifier's lr = lr x this; several: a grid")
     g.add_argument("--schedule", default=None, help="epochs where the lr is multiplied by --gamma")
-    g.add_argument("--gamma", default=None, type=float)
-    g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=float)
-    g.add_argument("--momentum", default=None, type=float)
+    g.add_argument("--gamma", default=None, type=float, help="the lr factor at each --schedule epoch: 0.2 / 0.1")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=float, help="5e-4 / 1e-4")
+    g.add_argument("--momentum", default=None, type=float, help="SGD momentum: 0.9")
     g.add_argument("-b", "--batch-size", default=None, type=int, help="global batch size")
     g.add_argument("--holdout", default=0.2, type=float, help="with a grid: the fraction of each class of the "
                    "labelled subset held out to choose the setting on (never the test set)")
@@ -217,14 +218,14 @@ def evaluate(model, loader, args, autocast, C):
     return 100 * top1 / total, (100 * top5 / total if C >= 5 else None)
 
 
-# finetune.py's run identity (lib/runs.check_same_run): every setting counts except how it is run;
-# the pretrained file counts by its sha256, the subset by its indices
-RUNTIME_KEYS = {"workers", "print_freq", "device", "checkpoint_dir", "log_dir", "no_auto_resume", "rank",
-                "dist_url", "dist_backend", "distributed", "gpu", "download", "pretrained", "subset_file",
-                "lrs", "mults", "milestones"}  # the last three: parsed from --lr, --head-lr-mult, --schedule
-ANY_RESUME_KEYS = {"world_size"}  # the global batch stays; said when it changes
+# a training's run identity beyond the flags (lib/runs.identity): the pretrained file by its sha256,
+# the labelled subset by its indices
 LABELS = {"setting": "the setting", "tag": "the training", "num_classes": "the number of classes",
           "subset_sha": "the labelled subset (its images)", "init_sha256": "the pretrained weights"}
+
+
+def own_identity(args, C):
+    return runs.identity(args, init_sha256=args.init_sha256, subset_sha=args.subset_sha, num_classes=C)
 
 
 def tag_of(lr, mult):
@@ -235,7 +236,7 @@ def run_file(args, tag, setting, C):
     """(path, run identity) of one training's checkpoint; `setting` (lr, mult), or ('grid', lr, mult)
     for the final training of a grid: the setting the grid chose (a final trained with another is
     another run)."""
-    run_id = {**runs.plain_args(args), "tag": tag, "setting": list(setting), "num_classes": C}
+    run_id = {**own_identity(args, C), "tag": tag, "setting": list(setting)}
     return os.path.join(args.checkpoint_dir, f"finetune-{tag}.pth"), run_id
 
 
@@ -244,7 +245,7 @@ def check_folder(args, C):
     another run (a grid beside a single setting, another subset, ...), or files of no run of this
     script, is refused before anything is written, even if that run stopped before its first
     checkpoint. Returns this run's identity."""
-    identity = {**runs.plain_args(args), "num_classes": C}
+    identity = own_identity(args, C)
     path = os.path.join(args.checkpoint_dir, "run.json")
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
     mine = any(f.startswith("finetune-") and f.endswith(".pth") for f in here)  # a run older than run.json
@@ -261,8 +262,7 @@ def check_folder(args, C):
                         "--checkpoint-dir, or --no-auto-resume to start afresh there") from None
     if not isinstance(saved, dict):
         raise UserError(f"'{path}' is not a run identity file of finetune.py; use another --checkpoint-dir")
-    runs.check_same_run(args, {"args": saved}, path, auto=True, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                        new=identity, labels=LABELS)
+    runs.check_same_run(args, {"args": saved}, path, auto=True, new=identity, labels=LABELS)
     return identity
 
 
@@ -270,7 +270,7 @@ def read_run(args, path, run_id):
     """The checkpoint at `path` if this run continues it (None: start afresh); another run's is one line."""
     return runs.read_continued(args, path, run_id, "fine-tuning checkpoint",
                                {"model": dict, "optimizer": dict, "epoch": int}, "setting", "finetune.py",
-                               RUNTIME_KEYS, ANY_RESUME_KEYS, LABELS)
+                               LABELS)
 
 
 def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, writer, autocast):
@@ -383,17 +383,19 @@ def _run(args):
     identity = check_folder(args, C)
     for lr, m in settings if grid else [settings[0]]:
         read_run(args, *run_file(args, "grid-" + tag_of(lr, m) if grid else "train", (lr, m), C))
-    writer = None
-    if du.is_main_process():
+    if du.is_main_process():  # run.json first: a folder with a config.json and no run.json is no run of this script
         checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         checkpoint.write_text_atomic(os.path.join(args.checkpoint_dir, "run.json"),
                                      json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
+    run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": args.init_sha256, "subset_sha": args.subset_sha},
+                   du.is_main_process(), args.log_dir).start(args.device)
+    writer = run.writer
+    if du.is_main_process():
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):
             write_subset_file(subset_path, idx, names, args.dataset, f"labels={args.labels or subset_tag}")
         print(f"=> checkpoints and the subset ('{subset_path}') in '{args.checkpoint_dir}'")
-        writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
-    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
+    autocast = amp.setup(args.amp, torch.device(args.device).type)[1]
     lr, mult = settings[0]
     if grid:
         held = {}
@@ -407,11 +409,13 @@ def _run(args):
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
     top1, top5 = fit(args, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0, dim,
                      C, labelled, val, "test", writer, autocast)
-    if writer:
-        writer.close()
     t5 = f"{top5:.2f}" if top5 is not None else "-"
     print(f"finetune: top1={top1:.2f} top5={t5} (labels={args.labels or subset_tag}, recipe={args.recipe}, "
           f"init={init}, lr={lr:.12g}, head_lr_mult={mult:.12g}, images={len(idx)}, test={len(val)})", flush=True)
+    run.results({"test": {"top1": top1, "top5": top5}, "labels": args.labels or subset_tag, "init": init, "lr": lr,
+                 "head_lr_mult": mult, "images": len(idx), "test_images": len(val),
+                 "held_out_top1": [[a, b, v] for (a, b), v in held.items()] if grid else None})
+    run.close()
     du.cleanup(barrier=True)
     return top1, top5
 

@@ -19,7 +19,7 @@ from torchvision import transforms
 from datasets import InstanceSubset, num_classes, registry
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, features, knn, options, report, runs
+from lib import amp, data, features, knn, options, runs
 from lib.errors import UserError, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
@@ -29,26 +29,28 @@ PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60
 def get_args(argv=None):
     p = options.bare(__doc__)
     options.add_data(p, registry.SMALL)
-    p.add_argument("--pretrained", required=True, metavar="CKPT", help="NPID checkpoint or torchvision ResNet state dict")
+    options.flag(p, options.EXEC, "--pretrained", required=True, metavar="CKPT",
+                 help="NPID checkpoint or torchvision ResNet state dict (the run counts it by its sha256)")
     p.add_argument("-a", "--arch", default=None, help="only for files that do not name it")
     p.add_argument("--width", default=None, type=int, help="CIFAR ResNet width, only for files that do not name it")
     p.add_argument("--train-subset", default=0, type=int, help="use this many training images only (fixed seed)")
     p.add_argument("--test-subset", default=0, type=int, help="evaluate on this many test images only")
     g = p.add_argument_group("protocol (defaults: the --head's published recipe)")
-    g.add_argument("--head", default="avgpool", choices=list(PROTOCOLS))
+    g.add_argument("--head", default="avgpool", choices=list(PROTOCOLS),
+                   help="avgpool: one Linear on the pooled feature; multi: a head per tap (mmselfsup's mhead)")
     g.add_argument("--taps", default="feat1,feat2,feat3,feat4,feat5", help="--head multi: which taps get a head")
     g.add_argument("--epochs", default=None, type=int, help="100 (avgpool) / 90 (multi)")
     g.add_argument("--lr", default=None, type=float, help="30 (avgpool) / 0.01 (multi)")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=float, help="0 / 1e-4")
     g.add_argument("--schedule", default=None, help="epochs where the lr drops x0.1: 60,80 / 30,60")
-    g.add_argument("--momentum", default=0.9, type=float)
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     g.add_argument("-b", "--batch-size", default=256, type=int, help="global batch size")
     g.add_argument("--lr-grid", default=None, help="e.g. 0.1,1,10,30: choose the lr on a held-out part of "
                    "the training set, retrain on all of it, evaluate on the test set once")
     g.add_argument("--holdout", default=0.1, type=float, help="fraction of the training set held out by --lr-grid")
     g.add_argument("--cached", action="store_true", help="train on features of the un-augmented images, "
                    "extracted once (the CPU-practical variant; the published figures used augmentation)")
-    g.add_argument("--cache-dir", default=None, help="default: CHECKPOINT_DIR/cache")
+    options.flag(g, options.EXEC, "--cache-dir", default=None, help="default: CHECKPOINT_DIR/cache")
     options.add_run(p, "the head's checkpoints (auto-resume of the same run only); default: "
                     "checkpoints/linear/DATASET-HEAD-SHA, one folder per pretrained file")
     options.add_distributed(p)
@@ -229,19 +231,14 @@ def fmt(res):
 
 # --- one training of a head, resumable --------------------------------------------------------
 
-# linear.py's run identity: every setting counts (lib/runs.check_same_run) except how it is run;
-# the pretrained file counts by its sha256, not by its path
-RUNTIME_KEYS = {"workers", "print_freq", "device", "checkpoint_dir", "cache_dir", "log_dir", "no_auto_resume",
-                "rank", "dist_url", "dist_backend", "distributed", "gpu", "download", "pretrained"}
-ANY_RESUME_KEYS = {"world_size"}  # the global batch stays; said when it changes
-
-
-LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes"}
+# a head's run identity beyond the flags (lib/runs.identity): the pretrained file by its sha256
+LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes",
+          "sha256": "the pretrained weights"}
 
 
 def head_file(args, tag, lr, num_classes):
     """(path, run identity) of one head's checkpoint."""
-    run_id = {**runs.plain_args(args), "head_lr": lr, "head_tag": tag, "num_classes": num_classes}
+    run_id = runs.identity(args, sha256=args.sha256, head_lr=lr, head_tag=tag, num_classes=num_classes)
     return os.path.join(args.checkpoint_dir, f"linear-{tag}.pth"), run_id
 
 
@@ -250,7 +247,7 @@ def read_head(args, path, run_id):
     run, or one that is not a whole head checkpoint, is one UserError line."""
     ck = runs.read_continued(args, path, run_id, "linear head checkpoint",
                              {"head": dict, "optimizer": dict, "result": dict, "epoch": int}, "head_lr", "linear.py",
-                             RUNTIME_KEYS, ANY_RESUME_KEYS, LABELS)
+                             LABELS)
     if ck is not None and not ck["result"]:
         raise UserError(f"'{path}' says epoch {ck['epoch']} with no results: not a checkpoint this linear.py wrote; "
                         "use --no-auto-resume to start afresh there")
@@ -302,11 +299,11 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
 
 # --- cached features ------------------------------------------------------------------------
 
-def cached(args, backbone, split, dataset, layers, pool, autocast):
+def cached(args, backbone, split, dataset, layers, pool, autocast, amp_mode):
     """{layer: N x D}, labels of `dataset` (val transform), from --cache-dir when it matches."""
     meta = dict(pretrained=args.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
                 split=split, n=len(dataset), subset=[args.train_subset, args.test_subset], layers=list(layers),
-                pool=pool or "", amp=args.amp, version=2)  # 2: val labelled by train's class names
+                pool=pool or "", amp=amp_mode, version=2)  # 2: val labelled by train's class names
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
     c = checkpoint.read(path, "feature cache") if os.path.isfile(path) else {}
@@ -329,13 +326,13 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
 
 # --- the run --------------------------------------------------------------------------------
 
-def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
+def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode):
     """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
     training set (eval on the un-augmented images), 'final' = whole training set / test set."""
     fit_idx, held_idx = data.holdout_split(len(train), args.holdout, args.seed)
     if args.cached:
-        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast)
-        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast)
+        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast, amp_mode)
+        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast, amp_mode)
         batches = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
         all_train, all_val = range(len(train_labels)), range(len(val_labels))
         parts = {"grid": lambda: (batches(train_feats, train_labels, fit_idx, True),
@@ -371,14 +368,13 @@ def _run(args):
     channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
-    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
-    writer = None
-    if du.is_main_process():
-        checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-        writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
+    amp_mode, autocast = amp.setup(args.amp, torch.device(args.device).type)
+    run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": args.sha256}, du.is_main_process(),
+                   args.log_dir).start(args.device)
+    writer = run.writer
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))
-    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
+    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr
     if args.grid:  # chosen on held-out training images, never on the test set
@@ -392,12 +388,13 @@ def _run(args):
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
               writer, sharded, channels)
-    if writer:
-        writer.close()
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"
     for name, (a, b) in res.items():
         top5 = f"{b:.2f}" if b is not None else "-"
         print(f"linear{'' if args.head == 'avgpool' else f'[{name}]'}: top1={a:.2f} top5={top5} {tail}", flush=True)
+    run.results({"test": {name: {"top1": a, "top5": b} for name, (a, b) in res.items()}, "lr": lr,
+                 "held_out_top1": {f"{g:g}": v for g, v in held.items()} if args.grid else None})
+    run.close()
     du.cleanup(barrier=True)
     return res
 

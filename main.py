@@ -8,7 +8,7 @@ from torchvision import transforms
 
 import models
 from datasets import folder, registry
-from lib import decode, engine, options
+from lib import decode, engine, options, runs
 from lib.gpu_aug import GPUAugment
 from lib.methods import TwoViews
 
@@ -19,11 +19,9 @@ SIZE, SCALE = 224, (0.2, 1.0)  # the training crop: RandomResizedCrop's size and
 def get_args(argv=None):
     p = options.parser(__doc__, dict(epochs=200, batch_size=256, weight_decay=1e-4, nce_t=0.07, workers=4,
                                      knn_source="bank", checkpoint_dir=None))
-    p.add_argument("data", metavar="DIR", help="DIR/train and DIR/val class folders (ImageNet layout), or a folder of "
+    options.flag(p, options.EXPLICIT, "data", metavar="DIR", help="DIR/train and DIR/val class folders (ImageNet layout), or a folder of "
                    "your own images (DIR/train alone, or DIR itself: every image found in it, no labels)")
     p.add_argument("-a", "--arch", default="resnet18", choices=models.IMAGENET_ARCHS, help="ImageNet ResNet")
-    p.add_argument("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from or evaluate")
-    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume on the validation set")
     p.add_argument("--decode", default="pil", choices=decode.CHOICES,
                    help="with --gpu-aug: decode the training JPEGs with PIL in the loader, or on the device "
                         "(gpu: the loader only reads files and draws the crop box); see lib/decode.py")
@@ -32,7 +30,11 @@ def get_args(argv=None):
                         "transform.py 'SimCLR': flip, colour jitter 0.8 w.p. 0.8, grayscale, blur w.p. 0.5)")
     p.add_argument("--crop-min", default=SCALE[0], type=float,
                    help="RandomResizedCrop's smallest scale (the authors' 0.2; PIC.sh --crop 0.08)")
-    args = options.parse(p, argv)
+    return runs.parse(p, argv, lambda args: finish(p, args))
+
+
+def finish(p, args):
+    """main.py's checks of its own flags, and its default --checkpoint-dir."""
     if args.checkpoint_dir is None:  # named after the data folder
         args.checkpoint_dir = os.path.join("checkpoints", os.path.basename(os.path.realpath(args.data)) or "data")
         if args.checkpoint_dir != "checkpoints/imagenet" and os.path.isfile("checkpoints/imagenet/checkpoint.pth") \
@@ -114,7 +116,7 @@ def task(args):
 
 def main(argv=None):
     args = get_args(argv)
-    return engine.run(args, lambda: task(args))
+    return engine.run(args, lambda: task(args), "main.py")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@
 
 Sources: --pretrained checkpoints (features extracted with lib/features.py), --features / --compare
 feature files (--export-features, --save-features) or checkpoints, and raw pixels (built in)."""
-import argparse
 import json
 import os
 import re
@@ -21,18 +20,17 @@ from PIL import Image
 from torchvision import transforms
 
 from datasets import folder, num_classes as classes_of, registry
-from lib import amp, checkpoint, export, features, knn, report, retrieval
+from lib import amp, checkpoint, export, features, knn, report, retrieval, runs
 from lib import dist as du
 from lib.errors import UserError, exit_on_error
 from lib import options
-from lib.options import _Parser
 
 DATASETS = ("imagenet", *registry.SMALL, "voc07")
 RAW_SIZE = 32  # raw pixels of the 224-px datasets: compared at 32 x 32 (3072 numbers), as Tiny Images
 
 
 def get_args(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = options.bare(__doc__)
     p.add_argument("root", nargs="?", metavar="DATA", help="ImageNet layout: DATA/train, DATA/val")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: imagenet with DATA, else cifar10")
     p.add_argument("--data", default=None, help="the CIFAR / Fashion-MNIST root of cifar.py, or VOCdevkit/VOC2007")
@@ -45,10 +43,10 @@ def get_args(argv=None):
     g.add_argument("--names", default=None, help="comma-separated row names, in the order pretrained, features, "
                    "compare (default: from the file names)")
     g.add_argument("--no-raw", action="store_true", help="leave out the raw-pixel row")
-    g.add_argument("--save-features", default=None, metavar="FILE",
+    options.flag(g, options.EXEC, "--save-features", default=None, metavar="FILE",
                    help="write the first --pretrained's features as a feature file (an --index for later queries)")
     g = p.add_argument_group("the page")
-    g.add_argument("--out", default="nn", help="the page's folder: index.html, thumbs/, map.png, retrieve.json")
+    options.flag(g, options.EXEC, "--out", default="nn", help="the page's folder: index.html, thumbs/, map.png, retrieve.json")
     g.add_argument("-k", "--top-k", dest="k", default=20, type=int, help="retrievals per query (and precision@K)")
     g.add_argument("--num-queries", default=16, type=int, help="random val images as queries (seeded)")
     g.add_argument("--queries", nargs="+", default=None, metavar="I|PATH",
@@ -71,13 +69,16 @@ def get_args(argv=None):
     g.add_argument("--nlist", default=None, type=int, help="IVF cells (default ~4 sqrt(N), a power of two)")
     g.add_argument("--nprobe", default=32, type=int, help="IVF cells searched per query")
     g.add_argument("--recall", action="store_true", help="also the recall@K of the backend against exact search")
-    g.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    options.flag(g, options.EXEC, "--json", default=None, metavar="FILE", help="write the results as JSON")
     g = p.add_argument_group("run")
-    g.add_argument("-b", "--batch-size", default=256, type=int)
-    g.add_argument("-j", "--workers", default=2, type=int)
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
-    args = p.parse_args(argv)
+    options.flag(g, options.EXEC, "-b", "--batch-size", default=256, type=int,
+                 help="images per forward of the feature extraction")
+    options.flag(g, options.EXEC, "-j", "--workers", default=options.workers(2), type=int,
+                 help="data loading workers (default: at most the CPU cores)")
+    options.flag(g, options.EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+                   help="autocast the forward; auto: bf16 on a CPU with native bfloat16, else off")
+    args = options.parse(p, argv)
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
     return args
 
@@ -164,14 +165,20 @@ def bare_names(paths):
 
 # --- the sources ------------------------------------------------------------------------------
 
-def checkpoint_source(args, path, data, autocast):
-    model, info = features.load_backbone(path, device=device_of(args))
-    features.check_fits(info, args.dataset)
-    features.check_layers(info, ["embed"])
+def checkpoint_source(args, path, data, autocast, loaded):
+    """A checkpoint's features of both splits; `loaded`: its (model, info), read_checkpoint's."""
+    model, info = loaded
     print(f"=> features of '{path}' ({info['arch']}, {info['low_dim']}-d)", flush=True)
     f = {s: features.extract_features(model, loader(args, data[s]), device_of(args), "embed", autocast=autocast)[0]
          for s in ("train", "val")[:1 if data["val"] is data["train"] else 2]}
     return dict(train=f["train"], val=f.get("val", f["train"]), path=path, sha256=info["sha256"], arch=info["arch"])
+
+
+def read_checkpoint(args, path):
+    model, info = features.load_backbone(path, device=device_of(args))
+    features.check_fits(info, args.dataset)
+    features.check_layers(info, ["embed"])
+    return model, info
 
 
 def file_source(args, path, data, labels, names, obj=None):
@@ -222,16 +229,22 @@ def load_sources(args, data, labels, names, autocast):
     given = args.names.split(",") if args.names else None
     if given is not None and len(given) != len(specs):
         raise UserError(f"--names gives {len(given)} names for {len(specs)} sources (pretrained, features, compare)")
-    out = []
+    # every source read and checked first (a feature file that does not fit is said before any
+    # extraction), then the checkpoints' features extracted
+    out, models = [None] * len(specs), {}
     for j, (kind, path) in enumerate(specs):
         obj = None
         if kind == "any":  # a feature file, else a checkpoint
             obj = checkpoint.load_object(path, prefix="--compare: ")[0]
             kind = "file" if isinstance(obj, dict) and "train_features" in obj else "ckpt"
-        s = checkpoint_source(args, path, data, autocast) if kind == "ckpt" else \
-            file_source(args, path, data, labels, names, obj)
-        s["name"] = given[j] if given else source_name(path)
-        out.append(s)
+        if kind == "ckpt":
+            models[j] = read_checkpoint(args, path)
+        else:
+            out[j] = file_source(args, path, data, labels, names, obj)
+    for j, loaded in models.items():
+        out[j] = checkpoint_source(args, specs[j][1], data, autocast, loaded)
+    for j, s in enumerate(out):
+        s["name"] = given[j] if given else source_name(specs[j][1])
     if not args.no_raw:
         out.append(dict(raw_source(args, data), name="raw pixels"))
     for s in out:
@@ -268,7 +281,7 @@ def pick_queries(args, val):
 
 # --- the page ---------------------------------------------------------------------------------
 
-PAGE_FILES = ("index.html", "retrieve.json", "map.png", "screenshot.png")  # the page's own names in --out
+PAGE_FILES = ("index.html", "retrieve.json", "map.png", "screenshot.png", "config.json", "results.json")  # the page's own names in --out
 THUMB = re.compile(r"thumbs/(train|val)-\d+\.(png|jpg)")
 
 
@@ -304,7 +317,8 @@ def check_out(args):
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out '{out}' is a file, not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "retrieve.json")):
+    own = os.path.isfile(os.path.join(out, "retrieve.json")) or runs.script_of(os.path.join(out, "config.json")) == "retrieve.py"
+    if os.path.isdir(out) and os.listdir(out) and not own:  # config.json alone: a page cut off before its manifest
         raise UserError(f"--out '{out}' holds files that retrieve.py did not write; give a new or empty folder")
     old = {}
     if os.path.isfile(os.path.join(out, "retrieve.json")):
@@ -350,7 +364,8 @@ def knn_text(s, labels, num_classes, args):
 
 def page(args):
     mine = check_out(args)
-    autocast = amp.autocast_for(args.amp, device_of(args).type)
+    run = runs.Run(args.out, "retrieve.py", args).start(device_of(args), tensorboard=False)
+    autocast = amp.setup(args.amp, device_of(args).type)[1]
     data = open_splits(args, registry.eval_transform(args.dataset))
     labelled = data["val"] is not data["train"]
     retrieval.check_k(args.k, len(data["train"]) - (not labelled))  # unlabelled: the query is not its own neighbour
@@ -407,10 +422,13 @@ def page(args):
         export.projector(os.path.join(args.out, "tb"), sources[0]["val"][pick],
                          lab if lab.dim() == 1 else lab.float().argmax(1), imgs, names)
         print(f" * projector: tensorboard --logdir {os.path.join(args.out, 'tb')}")
+    files += ["config.json", "results.json"]
     rel = set(files)  # names relative to --out
     for f in mine - rel:  # the last page's thumbnails and map that this one does not have
         if THUMB.fullmatch(f) or f == "map.png":
             os.remove(os.path.join(args.out, f))
+    run.results({"k": args.k, "queries": len(queries), "sources": [
+        dict(name=s["name"], path=s["path"], precision=s["precision"], knn=s["knn"]) for s in sources]})
     retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k,
                                             queries=[ids["val"][q] for q in queries],
                                             sources=[dict(name=s["name"], path=s["path"], precision=s["precision"],
@@ -455,7 +473,7 @@ def index_search(args):
     retrieval.check_k(args.k, len(bank))
     tf = registry.image_transform(dataset)
     imgs = torch.stack([tf(read_image(p)) for p in args.query])
-    with torch.no_grad(), amp.autocast_or_nothing(amp.autocast_for(args.amp, device_of(args).type)):
+    with torch.no_grad(), amp.autocast_or_nothing(amp.setup(args.amp, device_of(args).type)[1]):
         q = retrieval.normalize(model(imgs.to(device_of(args))))
     t0 = time.time()
     if args.backend == "faiss":

@@ -54,6 +54,8 @@ def train(args):
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=args.momentum,
                           weight_decay=args.weight_decay)
     train_loader, _, val_loader = data.make_loaders(task, args)
+    run = runs.Run(args.checkpoint_dir, "supervised.py", args).start(device, resumed_epoch=0)
+    progress = runs.Progress(args.epochs)
     for epoch in range(args.epochs):
         t0, total, n = time.time(), 0.0, 0
         train_loader.sampler.set_epoch(epoch)
@@ -69,7 +71,8 @@ def train(args):
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(targets), n + len(targets)
-        print(f"epoch {epoch}: loss {total / n:.4f}  ({time.time() - t0:.1f} s)", flush=True)
+        print(f"epoch {epoch}: loss {total / n:.4f}  ({time.time() - t0:.1f} s; {progress.step()})", flush=True)
+        run.log({"epoch": epoch, "train_loss": total / n, "epoch_time": time.time() - t0}, epoch)
     acc = accuracy(model, head, val_loader, device, args.nce_t)
     print(f"supervised: top1={acc:.2f} (the classifier on {len(val_loader.dataset)} test images)")
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
@@ -77,6 +80,8 @@ def train(args):
     checkpoint.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
                       "head": head.state_dict(), "args": runs.plain_args(args), "supervised": True}, path)
     print(f"supervised: checkpoint '{path}'")
+    run.results({"test": {"top1": acc}, "test_images": len(val_loader.dataset)})
+    run.close()
 
 
 def main(argv=None):

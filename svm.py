@@ -1,9 +1,10 @@
 """Linear SVMs and low-shot SVMs on frozen features, as the papers report them (VOC07 protocol of
 FAIR's benchmark / mmselfsup; see lib/svm.py), on VOC 2007 or any single-label dataset of the repo:
   python svm.py --dataset voc07 --data VOCdevkit/VOC2007 --pretrained CKPT            # feat5, mhead pooling
-  python svm.py --dataset fashion-mnist --data ./data --pretrained CKPT --layer embed --knn 200"""
+  python svm.py --dataset fashion-mnist --data ./data --pretrained CKPT --layer embed --knn-k 200"""
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -11,20 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from datasets import num_classes as classes_of, registry
-from lib import dist as du, features, knn, report, svm
+from lib import dist as du, features, knn, report, runs, svm
 from lib.errors import UserError, exit_on_error
-from lib import options
-from lib.options import _Parser
+from lib import amp, options
 
 DATASETS = ("voc07", "imagenet", *registry.SMALL)
 
 
 def get_args(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="voc07", choices=DATASETS)
+    p = options.bare(__doc__)
+    p.add_argument("--dataset", default="voc07", choices=DATASETS, help="VOC 2007 (the benchmark's), or a dataset of the repo")
     p.add_argument("--data", default="./data", help="VOCdevkit/VOC2007, an ImageNet-layout folder (train/, val/) "
                    "or the CIFAR / Fashion-MNIST root of cifar.py")
-    p.add_argument("--pretrained", default="", help="checkpoint: this repo's, the authors' or a torchvision state dict")
+    options.flag(p, options.EXEC, "--pretrained", default="", help="checkpoint: this repo's, the authors' or a "
+                 "torchvision state dict (the run counts it by its sha256)")
     p.add_argument("--raw-pixels", action="store_true", help="the [0, 1] pixels as features instead of a network")
     p.add_argument("--arch", default=None, help="when the checkpoint does not say (default: inferred)")
     p.add_argument("--width", default=None, type=int, help="CIFAR ResNets: channels of the first stage")
@@ -40,18 +41,24 @@ def get_args(argv=None):
                    "some class cannot supply is skipped)")
     p.add_argument("--samples", default=svm.SAMPLES, type=int, help="independent low-shot samples per k")
     p.add_argument("--seed", default=0, type=options.seed(), help="seed of the low-shot samples and of the subsets")
-    p.add_argument("--knn", default=0, type=int, help="also the weighted kNN top-1 with this k on the same layer "
-                   "(single-label datasets; 0 = off)")
+    p.add_argument("--knn-k", "--knn", dest="knn_k", default=0, type=int, help="also the weighted kNN top-1 with "
+                   "this k on the same layer (single-label datasets; 0 = off)")
     p.add_argument("--knn-t", default=0.1, type=float, help="kNN sigma (cifar.py's --nce-t)")
     p.add_argument("--train-subset", default=0, type=int, help="single-label: use this many training images only")
     p.add_argument("--svm-train-subset", default=0, type=int, help="single-label: fit the full SVM on this many "
                    "of the training images (a fixed random subset; kNN and low-shot draws use all of them)")
     p.add_argument("--test-subset", default=0, type=int, help="single-label: evaluate on this many test images only")
-    p.add_argument("--jobs", default=1, type=int, help="processes fitting the SVMs of different classes at once")
-    p.add_argument("-b", "--batch-size", default=128, type=int)
-    p.add_argument("-j", "--workers", default=2, type=int)
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    return p.parse_args(argv)
+    options.flag(p, options.EXEC, "--jobs", default=1, type=int, help="processes fitting the SVMs of different classes at once")
+    options.flag(p, options.EXEC, "-b", "--batch-size", default=128, type=int,
+                 help="images per forward of the feature extraction")
+    options.flag(p, options.EXEC, "-j", "--workers", default=options.workers(2), type=int,
+                 help="data loading workers (default: at most the CPU cores)")
+    options.flag(p, options.EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+                   help="autocast the feature extraction; auto: bf16 on a CPU with native bfloat16, else off")
+    options.flag(p, options.EXEC, "--checkpoint-dir", default=None, help="the run's folder: config.json, results.json "
+                 "(default: checkpoints/svm/DATASET-LAYER-SHA, SHA the checkpoint's first 12 hex digits, or pixels)")
+    return options.parse(p, argv)
 
 
 def parse_list(text, what, cast=float):
@@ -86,7 +93,7 @@ def check_args(args):
     if args.layer not in features.LAYERS:
         raise UserError(f"unknown --layer '{args.layer}' (choose from {', '.join(features.LAYERS)})")
     low = [f"{flag} {v} (must be >= {m})" for flag, v, m in (
-        ("--folds", args.folds, 2), ("--samples", args.samples, 1), ("--jobs", args.jobs, 1), ("--knn", args.knn, 0),
+        ("--folds", args.folds, 2), ("--samples", args.samples, 1), ("--jobs", args.jobs, 1), ("--knn-k", args.knn_k, 0),
         ("-b", args.batch_size, 1), ("-j", args.workers, 0), ("--train-subset", args.train_subset, 0),
         ("--svm-train-subset", args.svm_train_subset, 0), ("--test-subset", args.test_subset, 0)) if v < m]
     if low:
@@ -117,8 +124,8 @@ def run(args):
     ks = parse_list(args.k_list, "--k-list", int) if explicit_k else list(svm.K_VALUES)
     if not args.raw_pixels and not args.pretrained:
         raise UserError("give --pretrained CKPT (or --raw-pixels)")
-    if args.dataset == "voc07" and (args.train_subset or args.svm_train_subset or args.test_subset or args.knn):
-        raise UserError("--train-subset, --svm-train-subset, --test-subset and --knn apply to single-label datasets")
+    if args.dataset == "voc07" and (args.train_subset or args.svm_train_subset or args.test_subset or args.knn_k):
+        raise UserError("--train-subset, --svm-train-subset, --test-subset and --knn-k apply to single-label datasets")
     device = torch.device(du.resolve_device(args.device))
     train, test, mean, std = datasets(args)
     num_classes = 20 if args.dataset == "voc07" else classes_of(train)  # the dataset's, not the subset's labels
@@ -137,6 +144,7 @@ def run(args):
     loader = lambda ds: torch.utils.data.DataLoader(features.ImagesOnly(ds) if not single else ds, batch_size=args.batch_size,
                                                     num_workers=args.workers)
     if args.raw_pixels:
+        run = start_run(args, None, device)
         gray = args.dataset == "fashion-mnist"  # its three channels are copies of one
         x_train, x_test = (report.pixels(loader(d), mean, std, gray)[0] for d in (train, test))
         layer = "pixels"
@@ -144,17 +152,21 @@ def run(args):
         model, info = features.load_backbone(args.pretrained, args.arch, args.width, device)
         features.check_fits(info, args.dataset)
         features.check_layers(info, [args.layer])
+        run = start_run(args, info["sha256"], device)
         pool = "mhead" if args.layer in features.HEADS else None
-        x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool)[0]
+        autocast = amp.setup(args.amp, device.type)[1]
+        x_train, x_test = (features.extract_features(model, loader(d), device, args.layer, pool, autocast)[0]
                            for d in (train, test))
         layer = args.layer
         print(f"features: {info['arch']} '{args.pretrained}' layer {layer} ({x_train.shape[1]} dims)")
     print(f"features: {len(x_train)} train, {len(x_test)} test images in {time.time() - t0:.1f} s")
 
-    if args.knn:
+    results = {"layer": layer, "train_images": len(x_train), "test_images": len(x_test)}
+    if args.knn_k:
         y = lambda t: torch.as_tensor(t.argmax(1))
-        top1 = knn_top1(x_train, y(t_train), x_test, y(t_test), num_classes, args.knn, args.knn_t)
-        print(f"knn: top1={top1:.2f} k={args.knn} sigma={args.knn_t} layer={layer}")
+        top1 = knn_top1(x_train, y(t_train), x_test, y(t_test), num_classes, args.knn_k, args.knn_t)
+        print(f"knn: top1={top1:.2f} k={args.knn_k} sigma={args.knn_t} layer={layer}")
+        results["knn"] = {"top1": top1, "k": args.knn_k, "sigma": args.knn_t}
     x_train, x_test = svm.normalize(x_train.numpy()), svm.normalize(x_test.numpy())
     if args.svm:
         t1 = time.time()
@@ -165,8 +177,12 @@ def run(args):
         print("svm AP per class: " + " ".join(f"{100 * a:.2f}" for a in res["ap"]) +
               "  C " + " ".join(f"{c:g}" for c in res["cost"]) + f"  (time {time.time() - t1:.1f} s)")
         line, full = summary(res["ap"], t_test, single, args.folds)
-        top1 = f"{svm.top1(res['scores'], t_test.argmax(1)):.2f}" if single and full else "-"
+        svm_top1 = svm.top1(res['scores'], t_test.argmax(1)) if single and full else None
+        top1 = f"{svm_top1:.2f}" if svm_top1 is not None else "-"
         print(f"svm: {line} top1={top1} layer={layer} classes={int(np.isfinite(res['ap']).sum())}/{num_classes}")
+        results["svm"] = {"line": line, "mAP": 100 * float(np.nanmean(res["ap"])) if np.isfinite(res["ap"]).any() else None,
+                          "full": full, "top1": svm_top1,
+                          "classes": int(np.isfinite(res["ap"]).sum()), "of": num_classes}
     if args.lowshot and ks:
         t1 = time.time()
         res = svm.svm_lowshot(x_train, t_train, x_test, t_test, ks, costs, args.samples, args.seed, single, args.jobs)
@@ -177,6 +193,17 @@ def run(args):
         scored = int((t_test == 1).any(0).sum())  # a class without test positives has no AP
         tail = "" if scored == num_classes else f" (partial: mean AP over the {scored} of {num_classes} classes with test positives)"
         print(("lowshot: " if not tail else "lowshot partial: ") + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()) + tail)
+        results["lowshot"] = {str(k): {m: r[m] for m in ("mean", "min", "max", "std", "cost")} for k, r in res.items()}
+        results["lowshot_partial"] = bool(tail)
+    run.results(results)
+
+
+def start_run(args, sha256, device):
+    """The run's folder (config.json now, results.json at the end), before any feature is computed."""
+    who = sha256[:12] if sha256 else "pixels"
+    folder = args.checkpoint_dir or os.path.join("checkpoints", "svm", f"{args.dataset}-{args.layer if sha256 else 'pixels'}-{who}")
+    print(f"=> config.json and results.json in '{folder}'")
+    return runs.Run(folder, "svm.py", args, {"sha256": sha256}).start(device, tensorboard=False)
 
 
 def main(argv=None):

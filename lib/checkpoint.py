@@ -225,6 +225,17 @@ def read(path, what="checkpoint"):
                         "delete it or use another copy") from None
 
 
+def saved_args(path):
+    """The settings a checkpoint of this repo records (its 'args'), read without loading its tensors
+    (memory-mapped); None for anything else (no file, the authors' pickles, a foreign file: the full
+    load that follows says what is wrong)."""
+    try:
+        args = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args")
+    except Exception:
+        return None
+    return args if isinstance(args, dict) else None
+
+
 def load_object(path, prefix="--resume: "):
     """What a checkpoint file holds: plain data (weights_only=True), else the authors' torch-0.4
     pickle through the restricted unpickler. Any problem is one UserError line."""

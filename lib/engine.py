@@ -13,16 +13,17 @@ import torch.nn as nn
 import torchvision
 
 from . import amp
-from . import checkpoint
 from . import dist as du
+from . import errors
 from . import export
 from . import knn
 from . import options
 from . import report
+from . import runs
 from .data import SeededDataset, SeededSampler, make_loaders, sample_seed, window_epochs  # noqa: F401 (engine's names)
 from .errors import UserError, exit_on_error
 from .methods import build_method
-from .runs import (ANY_RESUME_KEYS, EXPLICIT_RESUME_KEYS, RUNTIME_KEYS, bank_from_checkpoint,  # noqa: F401
+from .runs import (bank_from_checkpoint,  # noqa: F401
                    check_same_data, check_same_run, git_sha, load_method_head, load_model_weights, plain_args,
                    resume, resume_path, rng_state, save)
 
@@ -54,8 +55,8 @@ def check_args(args, n_train, labelled=True):
         export.check_target(args.export_features, "--export-features", [resume_path(args)[0]], args.force)
     if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1 or args.eval_every < 1:
         raise UserError("--low-dim, -b, --iter_size and --eval-every must be >= 1 and --epochs >= 0")
-    if args.nce_t <= 0:
-        raise UserError(f"--nce-t must be > 0 (got {args.nce_t})")
+    if args.nce_t <= 0 or knn_sigma(args) <= 0:
+        raise UserError(f"--nce-t and --knn-t must be > 0 (got {args.nce_t}, {args.knn_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
     parametric = getattr(args, "method", "npid") in ("parametric", "pic")  # no sampled negatives: no --nce-k
@@ -74,6 +75,11 @@ def check_args(args, n_train, labelled=True):
         raise UserError("--baselines scores kNN on labelled val/ images; this DATA has no labels")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} (the global batch) must be divisible by the {args.world_size} processes")
+
+
+def knn_sigma(args):
+    """The kNN's sigma: --knn-t, by default the training temperature (the authors' choice)."""
+    return args.nce_t if args.knn_t is None else args.knn_t
 
 
 def amp_context(args, device):
@@ -162,7 +168,7 @@ def evaluate(model, bank, train_labels, loaders, task, args, device, source, aut
         feats = knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
     else:
         feats = bank.memory
-    res = knn.knn_eval(model, feats, train_labels, loaders[2], task.num_classes, args.knn_k, args.nce_t,
+    res = knn.knn_eval(model, feats, train_labels, loaders[2], task.num_classes, args.knn_k, knn_sigma(args),
                        device, autocast)
     return res, feats
 
@@ -176,12 +182,54 @@ def fmt(res):
 
 # --- the whole run ------------------------------------------------------------------------
 
-def run(args, make_task):
-    """make_task() -> Task; any UserError on the way is one line on stderr and exit status 2."""
-    return exit_on_error(_run, args, make_task, cleanup=du.cleanup)  # I/O faults too: see lib/errors.py
+def run(args, make_task, script):
+    """make_task() -> Task; `script` names the run's folder's maker (config.json). Any UserError on
+    the way is one line on stderr and exit status 2."""
+    return exit_on_error(_run, args, make_task, script, cleanup=du.cleanup)  # I/O faults too: see lib/errors.py
 
 
-def _run(args, make_task):
+@dataclass
+class Setup:
+    """What a trainer's run is made of, once set up (the network, the method and its bank, the
+    optimizer, the loaders) and where it starts."""
+    task: Task
+    model: nn.Module        # the network (SyncBatchNorm'd with --sync-bn); what is saved and evaluated
+    train_model: nn.Module  # the same, wrapped for training (DDP, torch.compile)
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    loaders: tuple          # (train, train_eval, val or None)
+    train_labels: torch.Tensor
+    device: torch.device
+    autocast: Callable
+    start_epoch: int
+    best: float             # the monitor's best so far, for model_best.pth
+    labelled: bool          # False: a folder of your own images, no labels, no kNN anywhere
+
+
+def _run(args, make_task, script):
+    s = setup(args, make_task)
+    if args.evaluate:
+        return evaluate_only(args, s)
+    run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(),
+                   log_dir=args.log_dir)
+    steps = len(s.loaders[0])  # TensorBoard's step: the iteration; an interrupted epoch's points are purged
+    run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * steps)
+    baselines = {}
+    if args.baselines and s.start_epoch == 0:  # the same network before any step, and raw pixels
+        baselines["random_init"] = evaluate(s.model, s.method.bank, s.train_labels, s.loaders, s.task, args, s.device,
+                                            "recompute", s.autocast)[0]["knn_top1"]
+        baselines["raw_pixels"] = report.raw_pixel_knn(s.loaders[1], s.loaders[2], s.train_labels, s.task.num_classes,
+                                                       s.task.mean, s.task.std, args.knn_k, knn_sigma(args))
+        print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
+    train(args, s, run)
+    final = final_evaluation(args, s, run, baselines)
+    run.close()
+    du.cleanup(barrier=True)
+    return final
+
+
+def setup(args, make_task):
     du.init_distributed_mode(args)
     device = torch.device(args.device)
     args.amp, note = amp.resolve(args.amp, device.type)  # --amp auto: what it chose is what is recorded
@@ -191,13 +239,14 @@ def _run(args, make_task):
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
     task = make_task()
     n = len(task.train)
-    labelled = task.val is not None  # a folder of your own images has no labels: no kNN anywhere
+    labelled = task.val is not None
     if args.nce_k == "auto":  # resolved once the data's size is known; the checkpoint records the K
         args.nce_k = options.resolve_nce_k(args.nce_k, n)
         print(f"=> --nce-k auto: {'the full softmax (--nce-k 0)' if not args.nce_k else f'NCE, --nce-k {args.nce_k}'} "
               f"for {n} training images")
     check_args(args, n, labelled)
-    window_epochs(args, n)  # --window-size: epochs become windows (PIC's rescaling)
+    if not args.evaluate:  # --window-size: epochs become windows (PIC's rescaling); nothing an evaluation reads
+        window_epochs(args, n)
     torch.manual_seed(args.seed)  # identical model and bank on every rank (they are also broadcast)
     torch.backends.cudnn.benchmark = True
     # x86 CPUs compute with denormal floats up to 10x slower; the CIFAR nets' PyTorch-0.4 init makes
@@ -208,13 +257,12 @@ def _run(args, make_task):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(args, n, model).to(device)  # --method: NPID (the paper), CLD, parametric, PIC
-    bank = method.bank
     params = list(model.parameters()) + list(method.parameters())  # NPID's bank has buffers only
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed + args.rank)  # each rank draws its own negatives
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_epoch, ck = resume(args, model, bank, optimizer, n, scaler, method, images=getattr(task.train, "rel", None))
-    best = float((ck or {}).get("best_knn", -1.0))  # the monitor's best so far, for model_best.pth
+    start_epoch, ck = resume(args, model, method.bank, optimizer, n, scaler, method,
+                             images=getattr(task.train, "rel", None))
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
 
@@ -225,101 +273,104 @@ def _run(args, make_task):
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
-    autocast = amp_context(args, device)
     loaders = make_loaders(task, args)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
+    return Setup(task, model, train_model, method, optimizer, scaler, loaders, train_labels, device,
+                 amp_context(args, device), start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled)
 
-    if args.evaluate and not labelled:  # the features only: what an index of your images needs
-        feats = bank.memory if args.knn_source == "bank" else knn.compute_features(model, loaders[1], device, args.low_dim, autocast)
+
+def evaluate_only(args, s):
+    """-e: the kNN of the checkpoint (without labels, the bank's uniformity), and its exports."""
+    bank, val_loader = s.method.bank, s.loaders[2]
+    if s.labelled:
+        res, feats = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, args.knn_source, s.autocast)
+        print(f" * kNN (k={args.knn_k}, sigma={knn_sigma(args)}, {args.knn_source}) {fmt(res)}")
+    else:  # the features only: what an index of your images needs
+        feats = bank.memory if args.knn_source == "bank" else \
+            knn.compute_features(s.model, s.loaders[1], s.device, args.low_dim, s.autocast)
         res = {"bank_uniformity": knn.uniformity(bank.memory)}
         print(f" * no labels: no kNN; the bank's uniformity {res['bank_uniformity']:.4f}")
-        if args.export_features or args.export_embedding:
-            export.run(args, model, feats, task, None, device, autocast, args.knn_source, resume_path(args)[0])
-        du.cleanup(barrier=True)
-        return res
-    if args.evaluate:
-        res, feats = evaluate(model, bank, train_labels, loaders, task, args, device, args.knn_source, autocast)
-        print(f" * kNN (k={args.knn_k}, sigma={args.nce_t}, {args.knn_source}) {fmt(res)}")
-        if args.export_features or args.export_embedding:
-            export.run(args, model, feats, task, loaders[2], device, autocast, args.knn_source, resume_path(args)[0])
-        du.cleanup(barrier=True)
-        return res
+    if args.export_features or args.export_embedding:
+        export.run(args, s.model, feats, s.task, val_loader, s.device, s.autocast, args.knn_source, resume_path(args)[0])
+    du.cleanup(barrier=True)
+    return res
 
-    writer = None
-    if du.is_main_process():
-        checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the first step, not at its end
-        writer = report.tensorboard(args.log_dir or os.path.join(args.checkpoint_dir, "tb"))
-    baselines = {}
-    if args.baselines and start_epoch == 0:  # the same network before any step, and raw pixels
-        baselines["random_init"] = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute",
-                                            autocast)[0]["knn_top1"]
-        baselines["raw_pixels"] = report.raw_pixel_knn(loaders[1], loaders[2], train_labels, task.num_classes,
-                                                       task.mean, task.std, args.knn_k, args.nce_t)
-        print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
-    for epoch in range(start_epoch, args.epochs):
+
+def train(args, s, run):
+    """The epochs from s.start_epoch: train, the monitor, save, log; Ctrl-C says where to resume."""
+    bank, steps = s.method.bank, len(s.loaders[0])
+    progress = runs.Progress(args.epochs, s.start_epoch)
+    errors.on_interrupt(runs.resume_hint(args, s.start_epoch, os.path.join(args.checkpoint_dir, "checkpoint.pth")))
+    for epoch in range(s.start_epoch, args.epochs):
         t0 = time.time()
-        loaders[0].sampler.set_epoch(epoch)
-        lr = task.lr_at(epoch, args)
-        set_lr(optimizer, lr)
-        stats = train_one_epoch(train_model, method, loaders[0], optimizer, epoch, args, device, autocast, scaler,
-                                task.gpu_augment, writer)
-        check_banks_agree(bank, epoch, method)
+        s.loaders[0].sampler.set_epoch(epoch)
+        lr = s.task.lr_at(epoch, args)
+        set_lr(s.optimizer, lr)
+        stats = train_one_epoch(s.train_model, s.method, s.loaders[0], s.optimizer, epoch, args, s.device, s.autocast,
+                                s.scaler, s.task.gpu_augment, run.writer)
+        check_banks_agree(bank, epoch, s.method)
         # the monitor every --eval-every epochs and after the last (PIC's windows are ~10 per pass)
         res = {}
-        if not labelled:  # label-free: how spread the bank is (Wang & Isola's uniformity; lower is more uniform)
+        if not s.labelled:  # label-free: how spread the bank is (Wang & Isola's uniformity; lower is more uniform)
             res = {"bank_uniformity": knn.uniformity(bank.memory)}
-        elif (epoch + 1) % getattr(args, "eval_every", 1) == 0 or epoch + 1 == args.epochs:
-            res, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
+        elif (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            res, _ = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, "bank", s.autocast)
         stats.update(epoch=epoch, lr=lr, epoch_time=time.time() - t0, **res)
-        if device.type == "cuda":  # the epoch's peak, for scripts/gpu_check.py
-            stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            torch.cuda.reset_peak_memory_stats(device)
-        if res and labelled:
+        if s.device.type == "cuda":  # the epoch's peak, for scripts/gpu_check.py
+            stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(s.device)
+        if res and s.labelled:
             print(f" * epoch {epoch} kNN on the bank {fmt(res)}")
         elif res:
             print(f" * epoch {epoch} loss {stats['train_loss']:.4f}, bank uniformity {res['bank_uniformity']:.4f}")
         rngs = du.all_gather_object(rng_state())
         if du.is_main_process():
-            is_best = task.monitor in res and res[task.monitor] > best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
-            best = max(best, res.get(task.monitor, best))
-            save(args, epoch + 1, model, bank, optimizer, stats, rngs, best, is_best, scaler, method.head_state(),
-                 images=getattr(task.train, "rel", None))
-            log_epoch(args, writer, stats)
-    if not labelled:
+            is_best = s.task.monitor in res and res[s.task.monitor] > s.best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
+            s.best = max(s.best, res.get(s.task.monitor, s.best))
+            path = save(args, epoch + 1, s.model, bank, s.optimizer, stats, rngs, s.best, is_best, s.scaler,
+                        s.method.head_state(), images=getattr(s.task.train, "rel", None))
+            run.log(stats, step=(epoch + 1) * steps - 1)
+            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path))
+        print(f" * epoch {epoch} took {time.time() - t0:.1f} s; {progress.step()} for {args.epochs - epoch - 1} more")
+
+
+def final_evaluation(args, s, run, baselines):
+    """The run's figure, printed, logged and in results.json: CIFAR's kNN against recomputed train
+    features (the original's cifar.py), ImageNet's against the bank (the original's main.py, and the
+    published 41.0 / 46.8), the other one beside it; without labels the bank's uniformity."""
+    errors.on_interrupt(None)
+    bank, step = s.method.bank, args.epochs * len(s.loaders[0])
+    if not s.labelled:
         final = {"bank_uniformity": knn.uniformity(bank.memory)}
         print(f" * final: the bank's uniformity {final['bank_uniformity']:.4f} (no labels: no kNN); "
               f"checkpoint: {os.path.join(args.checkpoint_dir, 'checkpoint.pth')}")
-        if du.is_main_process():
-            log_epoch(args, writer, {"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}})
-            writer.close()
-        du.cleanup(barrier=True)
+        run.log({"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}}, step)
+        run.results({"final": final})
         return final
-    # the final figure: CIFAR's against recomputed train features (the original's cifar.py), ImageNet's
-    # against the bank (the original's main.py, and the published 41.0 / 46.8); the other one beside it
-    final, feats = evaluate(model, bank, train_labels, loaders, task, args, device, "recompute", autocast)
+    final, feats = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, "recompute", s.autocast)
     extra = {}
-    if task.final_source == "bank":
+    sigma = knn_sigma(args)
+    if s.task.final_source == "bank":
         extra = {"recomputed_" + k: v for k, v in final.items()}
-        final, _ = evaluate(model, bank, train_labels, loaders, task, args, device, "bank", autocast)
-        print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, memory bank) {fmt(final)}")
+        final, _ = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, "bank", s.autocast)
+        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, memory bank) {fmt(final)}")
         print(f"   (recomputed features: Top1: {extra['recomputed_knn_top1']:.2f}  "
               f"1-NN Top1: {extra['recomputed_nn_top1']:.2f})")
     else:
-        print(f" * final kNN (k={args.knn_k}, sigma={args.nce_t}, recomputed features) {fmt(final)}")
-    if du.is_main_process():
-        log_epoch(args, writer, {"final": True, "epoch": args.epochs, "final_source": task.final_source,
-                                 **{"final_" + k: v for k, v in final.items()}, **extra, **baselines})
-        if args.retrievals:
-            grid = report.retrieval_grid(model, feats, task.train_eval, task.val, task.mean, task.std, device,
-                                         args.retrievals, autocast=autocast)
-            torchvision.utils.save_image(grid, os.path.join(args.checkpoint_dir, "retrievals.png"))
-            writer.add_image("retrievals", grid, args.epochs)
-            print(f" * retrievals: {os.path.join(args.checkpoint_dir, 'retrievals.png')}")
-        writer.close()
+        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, recomputed features) {fmt(final)}")
+    run.log({"final": True, "epoch": args.epochs, "final_source": s.task.final_source,
+             **{"final_" + k: v for k, v in final.items()}, **extra, **baselines}, step)
+    if du.is_main_process() and args.retrievals:
+        grid = report.retrieval_grid(s.model, feats, s.task.train_eval, s.task.val, s.task.mean, s.task.std, s.device,
+                                     args.retrievals, autocast=s.autocast)
+        torchvision.utils.save_image(grid, os.path.join(args.checkpoint_dir, "retrievals.png"))
+        run.writer.add_image("retrievals", grid, step)
+        print(f" * retrievals: {os.path.join(args.checkpoint_dir, 'retrievals.png')}")
     if baselines:
         print(f"summary: learned={final['knn_top1']:.1f} random_init={baselines['random_init']:.1f} "
               f"raw_pixels={baselines['raw_pixels']:.1f}")
-    du.cleanup(barrier=True)
+    run.results({"final": final, "final_source": s.task.final_source, "knn_k": args.knn_k, "knn_t": sigma, **extra,
+                 **({"baselines": baselines} if baselines else {})})
     return final
 
 
@@ -344,12 +395,3 @@ def check_banks_agree(bank, epoch, method=None):
     if any(not torch.equal(sums[0], s) for s in sums[1:]):
         raise UserError(f"the memory banks or method parameters of the ranks diverged at the end of epoch {epoch} "
                         f"(checksums {[s.tolist() for s in sums]}); stopping")
-
-
-def log_epoch(args, writer, stats):
-    with open(os.path.join(args.checkpoint_dir, "log.txt"), "a") as f:
-        f.write(json.dumps(stats) + "\n")
-    for k, v in stats.items():
-        if isinstance(v, float) and k not in ("epoch",):
-            writer.add_scalar(("final/" if stats.get("final") else "epoch/") + k, v, stats["epoch"])
-    writer.flush()

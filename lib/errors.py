@@ -15,9 +15,18 @@ class UserError(Exception):
 IO_ERRORS = (OSError, EOFError, zlib.error)
 
 
+_interrupt_note = [None]
+
+
+def on_interrupt(note):
+    """The line Ctrl-C prints from now on (where the run resumes; None: none)."""
+    _interrupt_note[0] = note
+
+
 def exit_on_error(fn, *args, cleanup=None):
     """fn(*args) for an entry script: a UserError or an I/O fault is one `error:` line on stderr and
-    exit status 2 (after cleanup(), e.g. leaving the process group), Ctrl-C is exit status 130."""
+    exit status 2 (after cleanup(), e.g. leaving the process group), Ctrl-C is exit status 130 with
+    the line on_interrupt set."""
     try:
         return fn(*args)
     except (UserError, *IO_ERRORS) as e:
@@ -26,6 +35,8 @@ def exit_on_error(fn, *args, cleanup=None):
             cleanup()
         sys.exit(2)
     except KeyboardInterrupt:
+        if _interrupt_note[0]:
+            sys.stderr.write(_interrupt_note[0] + "\n")
         if cleanup:
             cleanup()
         sys.exit(130)

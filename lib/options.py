@@ -48,34 +48,75 @@ def resolve_nce_k(k, n):
     return (0 if n <= AUTO_SOFTMAX_MAX else 4096) if k == "auto" else k
 
 
+# A flag's part in a run's identity is said where the flag is declared (lib/runs.identity): a flag
+# declared without a role defines the run; EXEC says how a run is executed (workers, printing,
+# device, folders, processes: never compared); RESUMABLE may change on any resume, EXPLICIT with an
+# explicit --resume (each change said).
+EXEC, RESUMABLE, EXPLICIT = "exec", "resumable", "explicit"
+
+
+def flag(g, role, *names, **kw):
+    """g.add_argument(*names, **kw) with the flag's role in a run's identity."""
+    action = g.add_argument(*names, **kw)
+    action.role = role
+    return action
+
+
+class Settings(argparse.Namespace):
+    """The parsed flags. `meta` travels beside them, not among them (vars(args) holds flags only):
+    each flag's role, its parser default, and the flags the command line gave."""
+    __slots__ = ("meta",)
+
+    @property
+    def parser_defaults(self):
+        return self.meta["defaults"]
+
+
+def role(args, key):
+    """A key's role: None (defines the run), EXEC, RESUMABLE, EXPLICIT, or 'derived' (a value no flag
+    declares; a namespace that options.parse did not make declares every key it holds)."""
+    if not isinstance(args, Settings):
+        return None
+    return args.meta["roles"].get(key, "derived")
+
+
+def given(args):
+    return args.meta["given"] if isinstance(args, Settings) else set()
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """-h keeps the description's example lines as written and shows each flag's default."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage block
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def bare(description):
-    """A parser whose errors are one line, exit status 2 (also used by linear.py)."""
-    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """A parser whose errors are one line, exit status 2 (every entry script's)."""
+    return _Parser(description=description, formatter_class=_Formatter)
 
 
 def parser(description, defaults):
     p = bare(description)
     d = defaults
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", default=d["epochs"], type=int, help="number of total epochs")
-    g.add_argument("--start-epoch", default=None, type=int,
+    flag(g, RESUMABLE, "--epochs", default=d["epochs"], type=int, help="number of total epochs")
+    flag(g, EXEC, "--start-epoch", default=None, type=int,
                    help="manual epoch number to start from (default: 0, or the resumed checkpoint's)")
-    g.add_argument("-b", "--batch-size", default=d["batch_size"], type=int,
+    flag(g, EXPLICIT, "-b", "--batch-size", default=d["batch_size"], type=int,
                    help="global batch size: split over the processes under torchrun, so the lr needs no change")
-    g.add_argument("--lr", "--learning-rate", default=0.03, type=float, help="initial learning rate")
-    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    g.add_argument("--wd", "--weight-decay", dest="weight_decay", default=d["weight_decay"], type=float)
-    g.add_argument("--cos", action="store_true", help="cosine lr decay instead of the paper's steps")
-    g.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
-    g.add_argument("--warmup-epochs", default=0, type=int,
+    flag(g, EXPLICIT, "--lr", "--learning-rate", default=0.03, type=float, help="initial learning rate")
+    flag(g, EXPLICIT, "--momentum", default=0.9, type=float, help="SGD momentum")
+    flag(g, EXPLICIT, "--wd", "--weight-decay", dest="weight_decay", default=d["weight_decay"], type=float,
+         help="SGD weight decay")
+    flag(g, EXPLICIT, "--cos", action="store_true", help="cosine lr decay instead of the paper's steps")
+    flag(g, EXPLICIT, "--sync-bn", action="store_true",
+         help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    flag(g, EXPLICIT, "--warmup-epochs", default=0, type=int,
                    help="linear warm-up from lr/100 over this many epochs (CLD's and PIC's recipes: 5), then the schedule")
-    g.add_argument("--iter_size", "--iter-size", dest="iter_size", default=1, type=int,
+    flag(g, EXPLICIT, "--iter-size", "--iter_size", dest="iter_size", default=1, type=int,
                    help="accumulate gradients over this many batches per step")
 
     g = p.add_argument_group("NPID")
@@ -124,40 +165,54 @@ def parser(description, defaults):
                         "draw of --window-size images, repeated every window/stride-th window")
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
-    g.add_argument("--eval-every", default=1, type=int,
+    flag(g, RESUMABLE, "--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
+    flag(g, RESUMABLE, "--knn-t", default=None, type=float, help="the weighted kNN's sigma (default: --nce-t, "
+         "as the authors evaluate)")
+    flag(g, RESUMABLE, "--eval-every", default=1, type=int,
                    help="the per-epoch kNN monitor (and model_best's choice) every this many epochs, and after the last")
-    g.add_argument("--knn-source", default=d["knn_source"], choices=["bank", "recompute"],
+    flag(g, EXEC, "--knn-source", default=d["knn_source"], choices=["bank", "recompute"],
                    help="what an evaluation-only run scores against: the memory bank or recomputed features")
-    g.add_argument("--baselines", action="store_true",
+    flag(g, EXEC, "--baselines", action="store_true",
                    help="also report the kNN of the untrained network and of raw pixels on the same split")
-    g.add_argument("--retrievals", default=8, type=int, help="test images in the retrieval picture (0 = none)")
-    g.add_argument("--export-features", default=None, metavar="OUT",
+    flag(g, EXEC, "--retrievals", default=8, type=int, help="test images in the retrieval picture (0 = none)")
+    flag(g, EXEC, "--export-features", default=None, metavar="OUT",
                    help="with -e/--test-only: write the 128-d train (bank, or recomputed with --knn-source "
                         "recompute) and val features, labels and indices to OUT (.pt) and OUT's .npz")
-    g.add_argument("--force", action="store_true",
+    flag(g, EXEC, "--force", action="store_true",
                    help="with --export-features: replace an existing OUT and its .npz (never the evaluated checkpoint)")
-    g.add_argument("--export-embedding", default=0, type=int, metavar="N",
+    flag(g, EXEC, "--export-embedding", default=0, type=int, metavar="N",
                    help="with -e/--test-only: a TensorBoard projector embedding of N val features, labels, thumbnails")
 
     g = p.add_argument_group("run")
-    g.add_argument("-j", "--workers", default=d["workers"], type=int, help="data loading workers per process")
-    g.add_argument("-p", "--print-freq", default=10, type=int, help="print every this many iterations")
-    g.add_argument("--checkpoint-dir", default=d["checkpoint_dir"], help="checkpoints and log.txt; a run restarted "
+    flag(g, EXEC, "-j", "--workers", default=workers(d["workers"]), type=int,
+         help="data loading workers per process (default: at most the CPU cores)")
+    flag(g, RESUMABLE, "-p", "--print-freq", default=10, type=int, help="print every this many iterations")
+    flag(g, EXEC, "--checkpoint-dir", default=d["checkpoint_dir"], help="checkpoints and log.txt; a run restarted "
                    "with the same folder continues from its latest checkpoint")
-    g.add_argument("--no-auto-resume", action="store_true", help="start afresh even if --checkpoint-dir has a checkpoint")
-    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
+    flag(g, EXEC, "--no-auto-resume", action="store_true", help="start afresh even if --checkpoint-dir has a checkpoint")
+    flag(g, EXEC, "-r", "--resume", default="", metavar="PATH", help="checkpoint to resume from or evaluate")
+    flag(g, EXEC, "-e", "--evaluate", "--test-only", dest="evaluate", action="store_true",
+         help="evaluate --resume (or --checkpoint-dir's latest checkpoint) and exit; the network and data it "
+              "was trained with come from the checkpoint")
+    flag(g, EXEC, "--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
     g.add_argument("--seed", default=0, type=seed(), help="the seed of the init, the data order, the crops and the negatives")
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+    flag(g, EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    flag(g, RESUMABLE, "--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
                    help="autocast the backbone; the bank stays float32. auto: bf16 on a CPU with native bfloat16, else off")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    flag(g, EXEC, "--channels-last", action="store_true", help="channels-last memory format (faster convolutions)")
+    flag(g, EXEC, "--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--gpu-aug", action="store_true", help="augment whole batches on --device (lib/gpu_aug.py) "
                    "instead of per image with PIL in the loader workers; same distributions")
 
     add_distributed(p)
     return p
+
+
+def workers(default):
+    """A script's default -j: its own, at most the CPU cores this process may use."""
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(default, cores))
 
 
 def add_data(p, small):
@@ -167,7 +222,8 @@ def add_data(p, small):
     p.add_argument("--dataset", default=None, choices=["imagenet", *small],
                    help="default: imagenet with DATA, cifar10 with --data")
     p.add_argument("--data", default=None, help="dataset root of " + "/".join(small))
-    p.add_argument("--download", default=True, action=argparse.BooleanOptionalAction)
+    flag(p, EXEC, "--download", default=True, action=argparse.BooleanOptionalAction,
+         help="let torchvision download a small dataset that is absent")
     return p
 
 
@@ -175,14 +231,16 @@ def add_run(p, checkpoint_help, seed_help="the seed"):
     """The run flags of the evaluation scripts (how it runs, where it writes, --seed, --amp); returns
     the group for a script's own additions."""
     g = p.add_argument_group("run")
-    g.add_argument("-j", "--workers", default=4, type=int)
-    g.add_argument("-p", "--print-freq", default=50, type=int)
-    g.add_argument("--checkpoint-dir", default=None, help=checkpoint_help)
-    g.add_argument("--no-auto-resume", action="store_true")
-    g.add_argument("--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
+    flag(g, EXEC, "-j", "--workers", default=workers(4), type=int,
+         help="data loading workers per process (default: at most the CPU cores)")
+    flag(g, RESUMABLE, "-p", "--print-freq", default=50, type=int, help="print every this many iterations")
+    flag(g, EXEC, "--checkpoint-dir", default=None, help=checkpoint_help)
+    flag(g, EXEC, "--no-auto-resume", action="store_true", help="start afresh even if --checkpoint-dir holds this run")
+    flag(g, EXEC, "--log-dir", default=None, help="TensorBoard folder (default: CHECKPOINT_DIR/tb)")
     g.add_argument("--seed", default=0, type=seed(), help=seed_help)
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast the forward")
+    flag(g, EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+                   help="autocast the forward; auto: bf16 on a CPU with native bfloat16, else off")
     return g
 
 
@@ -201,10 +259,10 @@ def check_data(args, script):
 
 def add_distributed(p):
     g = p.add_argument_group("distributed (torchrun sets these itself)")
-    g.add_argument("--world-size", default=1, type=int)
-    g.add_argument("--rank", default=0, type=int)
-    g.add_argument("--dist-url", default="tcp://127.0.0.1:23456")
-    g.add_argument("--dist-backend", default=None, help="default: cpu:gloo,cuda:nccl on GPUs, gloo on CPU")
+    flag(g, EXEC, "--world-size", default=1, type=int, help="processes (without torchrun)")
+    flag(g, EXEC, "--rank", default=0, type=int, help="this process's rank (without torchrun)")
+    flag(g, EXEC, "--dist-url", default="tcp://127.0.0.1:23456", help="the process group's rendezvous")
+    flag(g, EXEC, "--dist-backend", default=None, help="default: cpu:gloo,cuda:nccl on GPUs, gloo on CPU")
     return p
 
 
@@ -218,8 +276,11 @@ def warmup_lr(epoch, args):
 def parse(p, argv=None):
     """p.parse_args, keeping each flag's default beside the values (not saved: a dict), so that a
     resume can tell what a checkpoint older than a flag was run with."""
-    args = p.parse_args(argv)
-    args.parser_defaults = {k: p.get_default(k) for k in vars(args)}
+    args = Settings()
+    args.meta = {"roles": {a.dest: getattr(a, "role", None) for a in p._actions if a.dest != "help"},
+                 "given": _explicit(p, argv)}
+    p.parse_args(argv, namespace=args)
+    args.meta["defaults"] = {k: p.get_default(k) for k in vars(args)}
     if "method" in vars(args):
         _method(p, args, argv)
     if "cld_clusters" in vars(args):
@@ -244,12 +305,14 @@ def step_lr(epoch, args, milestones):
 
 def _explicit(p, argv):
     """The dests the command line gave (a default given again counts as given)."""
-    saved = {a: a.default for a in p._actions}
+    saved, parser_defaults = {a: a.default for a in p._actions}, p._defaults
     try:
         for a in saved:
             a.default = argparse.SUPPRESS
+        p._defaults = {}  # set_defaults' values (runs.parse) are not given either
         return set(vars(p.parse_known_args(argv)[0]))
     finally:
+        p._defaults = parser_defaults
         for a, d in saved.items():
             a.default = d
 
@@ -263,7 +326,7 @@ def _method(p, args, argv):
     args.cld = args.method == "cld"
     # a checkpoint older than --method was npid or cld, and its own 'cld' key says which
     args.parser_defaults["method"] = args.method if args.method in ("npid", "cld") else "npid"
-    given = _explicit(p, argv)
+    given = args.meta["given"]
     if args.method in INSTANCE_DEFAULTS:
         bank_flags = [f for f in ("nce_k", "nce_loss", "prox") if f in given]
         if bank_flags:

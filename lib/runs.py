@@ -2,12 +2,15 @@
 run-identity check of every script (`check_same_run`: every setting counts unless listed as how the
 run is executed), saving and restoring a training run (model, bank, method head, optimizer, scaler,
 RNG states) bit-exactly."""
+import json
 import os
 import subprocess
+import sys
+import time
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, options
 from .errors import UserError, brief
 
 
@@ -92,19 +95,12 @@ def load_method_head(method, ck, path):
         method.load_head_state(ck["method_head"])
 
 
-# What a run is. A resume continues the run in the checkpoint, so these must match it (the bank,
-# its T and m, the data and the network depend on them); any flag not named below counts here,
-# so a new option is protected without being listed.
-RUNTIME_KEYS = {  # how a run is executed, not what it computes (or only evaluation settings)
-    "workers", "device", "checkpoint_dir", "log_dir", "resume", "evaluate", "no_auto_resume", "start_epoch",
-    "rank", "dist_url", "dist_backend", "distributed", "gpu", "compile", "channels_last",
-    "baselines", "retrievals", "knn_source", "download", "export_features", "export_embedding", "force"}
-# may change on any resume (said): the length, the logging, the evaluation's k and test subset (the
-# kNN figures and model_best's choice change with them), autocast, the number of processes (the
-# per-process batch and so BatchNorm's statistics change), the init (spent after the first step)
-ANY_RESUME_KEYS = {"epochs", "print_freq", "knn_k", "eval_every", "test_subset", "amp", "world_size", "init"}
-EXPLICIT_RESUME_KEYS = {"lr", "momentum", "weight_decay", "cos", "batch_size", "iter_size", "data",
-                        "warmup_epochs", "sync_bn"}  # only with an explicit --resume (said)
+def identity(args, **extra):
+    """What defines a run: every flag declared without the EXEC role (lib/options.flag), plus the
+    script's `extra` values that are no flag (a pretrained file's sha256, a labelled subset's hash).
+    A new flag is part of it without being listed anywhere."""
+    own = {k: v for k, v in plain_args(args).items() if options.role(args, k) not in (options.EXEC, "derived")}
+    return {**own, **extra}
 
 
 def _same(key, a, b):
@@ -113,35 +109,34 @@ def _same(key, a, b):
     return a == b
 
 
-def check_same_run(args, ck, path, auto, runtime=RUNTIME_KEYS, any_resume=ANY_RESUME_KEYS,
-                   explicit=EXPLICIT_RESUME_KEYS, new=None, labels=None):
-    """Stop with one line if the checkpoint's run differs from this command's in what defines it;
-    say each accepted change. The one run-identity check of every script: each passes the keys that
-    are only how it runs (`runtime`) or that may change on a resume, and `new`, its run's settings
-    (default: plain_args(args)); `labels` names the keys that are not flags."""
-    old, new = ck.get("args"), plain_args(args) if new is None else new
+def check_same_run(args, ck, path, auto, new=None, labels=None):
+    """Stop with one line if the checkpoint's run differs from this command's in what defines it
+    (`new`, default identity(args)); say each accepted change: a RESUMABLE flag on any resume, an
+    EXPLICIT one with an explicit --resume. The one run-identity check of every script; `labels`
+    names the identity's values that are no flag."""
+    old, new = ck.get("args"), identity(args) if new is None else new
     if not isinstance(old, dict):
         return  # the authors' files carry no arguments
     # a flag newer than the checkpoint: its run had the flag's default behaviour
     defaults = getattr(args, "parser_defaults", {})
     old = {**{k: defaults[k] for k in new.keys() - old.keys() if k in defaults}, **old}
-    diff = {k: (old[k], new[k]) for k in old.keys() & new.keys()
-            if k not in runtime and not _same(k, old[k], new[k])}
-    allowed = any_resume | (set() if auto else explicit)
-    bad = {k: v for k, v in diff.items() if k not in allowed}
+    diff = {k: (old[k], new[k]) for k in old.keys() & new.keys() if not _same(k, old[k], new[k])}
+    allowed = {options.RESUMABLE} | (set() if auto else {options.EXPLICIT})
+    bad = {k: v for k, v in diff.items() if options.role(args, k) not in allowed}
     if bad:
         name = lambda k: (labels or {}).get(k) or "--" + k.replace("_", "-")
         what = "; ".join(f"{name(k)} {a} -> {b}" for k, (a, b) in sorted(bad.items()))
         if auto:
             raise UserError(f"'{path}' is another run ({what}): not auto-resuming it. Use another --checkpoint-dir, "
                             "or --no-auto-resume to start afresh there (its checkpoint will be overwritten)")
+        may = sorted(k for k in new if options.role(args, k) in allowed)
         raise UserError(f"--resume '{path}' was trained with other settings ({what}); a resumed run may change "
-                        f"only {', '.join('--' + k.replace('_', '-') for k in sorted(allowed))}")
+                        f"only {', '.join('--' + k.replace('_', '-') for k in may)}")
     for k, (a, b) in sorted(diff.items()):
         print(f"=> resuming with --{k.replace('_', '-')} {b} (the checkpoint's run had {a})")
 
 
-def read_continued(args, path, run_id, what, fields, marker, script, runtime, any_resume, labels=None):
+def read_continued(args, path, run_id, what, fields, marker, script, labels=None):
     """An evaluation script's checkpoint at `path` if this command continues it, None to start afresh
     (--no-auto-resume, or no file). Not a whole checkpoint of `script` (`fields`: {key: type}, `marker`
     a key of its run identity), another run (check_same_run), or an epoch outside 1..args.epochs: one
@@ -153,7 +148,7 @@ def read_continued(args, path, run_id, what, fields, marker, script, runtime, an
             or marker not in ck["args"]:
         raise UserError(f"'{path}' is not a {what} of this {script}; use another --checkpoint-dir, "
                         "or --no-auto-resume to start afresh there (it will be overwritten)")
-    check_same_run(args, ck, path, auto=True, runtime=runtime, any_resume=any_resume, new=run_id, labels=labels)
+    check_same_run(args, ck, path, auto=True, new=run_id, labels=labels)
     if not (isinstance(ck.get("epoch"), int) and 1 <= ck["epoch"] <= args.epochs):
         raise UserError(f"'{path}' says epoch {ck.get('epoch')} of {args.epochs}: not a checkpoint this {script} "
                         "wrote; use --no-auto-resume to start afresh there")
@@ -182,7 +177,29 @@ def check_same_data(args, ck, path):
                             f"this command says {getattr(args, k)}: its bank does not index these images")
 
 
-def resume_path(args):
+def parse(p, argv, finish):
+    """A trainer's settings: options.parse, then finish(args) (the script's own checks and derived
+    defaults). An evaluation (-e) takes the evaluated checkpoint's settings (network, data, method,
+    and its kNN's test subset, k, sigma and autocast: every flag but the EXEC and EXPLICIT ones)
+    wherever the command line gives no value, so nothing needs typing again and the figure is the
+    one the training printed; a given flag that disagrees is said in one line."""
+    args = finish(options.parse(p, argv))
+    path = resume_path(args, quiet=True)[0] if args.evaluate else None
+    saved = checkpoint.saved_args(path) if path else None
+    if not saved:
+        return args
+    given, known = options.given(args), args.parser_defaults
+    adopted = lambda k: k in known and options.role(args, k) in (None, options.RESUMABLE)
+    adopt = {k: v for k, v in saved.items() if adopted(k) and k not in given}
+    for k in sorted(given & saved.keys()):
+        if adopted(k) and not _same(k, saved[k], getattr(args, k)):
+            print(f"note: --{k.replace('_', '-')} {getattr(args, k)} given; '{path}' was trained with {saved[k]}")
+    # the same file is evaluated even where the checkpoint's dataset names another default folder
+    p.set_defaults(**adopt, **({} if "checkpoint_dir" in given else {"checkpoint_dir": args.checkpoint_dir}))
+    return finish(options.parse(p, argv))
+
+
+def resume_path(args, quiet=False):
     """(the checkpoint a run starts from or evaluates, auto): --resume, else the latest one in
     --checkpoint-dir (auto-resume; an evaluation without --resume evaluates that one); (None, False)
     to start afresh. The one place that says which file a run reads."""
@@ -190,12 +207,22 @@ def resume_path(args):
         return args.resume, False
     latest = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     if args.evaluate:
-        if not os.path.isfile(latest):
+        if not os.path.isfile(latest) and not quiet:
             raise UserError(f"nothing to evaluate: give --resume CHECKPOINT (no checkpoint in '{args.checkpoint_dir}')")
         return latest, False
     if args.no_auto_resume or not os.path.isfile(latest):
         return None, False
     return latest, True
+
+
+def resume_hint(args, epoch, path):
+    """What Ctrl-C says: the command that continues from the last saved epoch (`epoch` of `path`)."""
+    if not epoch:
+        return "interrupted before the first epoch ended: nothing of this run was saved"
+    if args.resume or args.no_auto_resume:
+        return (f"interrupted: epoch {epoch} is saved in '{path}'; the same command without --resume / "
+                "--no-auto-resume continues from it")
+    return f"interrupted: the same command resumes from epoch {epoch} ('{path}')"
 
 
 def check_same_images(ck, path, images):
@@ -259,3 +286,116 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=Non
                         f"({brief(e)})") from None
     print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
     return ck["epoch"], ck
+
+
+# --- the run's folder -----------------------------------------------------------------------
+
+def versions():
+    import platform
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def elapsed(seconds):
+    """1:02:03 for 3723 s."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Run:
+    """A folder is one run: config.json (what defines it, every setting, and where, when and with
+    what code it ran), log.txt (one JSON line per epoch), TensorBoard scalars, and results.json
+    (the figures the script printed last). Every script that writes a folder writes it through
+    this; only the main process writes (`main`)."""
+
+    def __init__(self, folder, script, args, extra=None, main=True, log_dir=None):
+        self.dir, self.script, self.args, self.main = folder, script, args, main
+        self.identity = identity(args, **(extra or {}))
+        self.log_dir = log_dir or os.path.join(folder, "tb")
+        self.writer, self.t0 = None, time.time()
+
+    def start(self, device, resumed_epoch=None, purge_step=None, tensorboard=True):
+        """Check the folder is writable, write config.json, keep log.txt's lines of the epochs before
+        `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
+        and open TensorBoard, purging its scalars from `purge_step` on (the same reason)."""
+        if not self.main:
+            return self
+        checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
+        path = os.path.join(self.dir, "config.json")
+        other = script_of(path)
+        if other not in (None, self.script):  # never another script's folder: its config and results stay
+            raise UserError(f"'{self.dir}' is a run folder of {other} (its config.json); give {self.script} another folder")
+        config = {"script": self.script, "identity": self.identity, "settings": plain_args(self.args),
+                  "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
+                  "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        checkpoint.write_text_atomic(path, json.dumps(config, indent=1, default=str) + "\n", "run configuration")
+        log = os.path.join(self.dir, "log.txt")
+        if resumed_epoch is not None and os.path.isfile(log):
+            with open(log, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+            keep = [l for l in lines if _epoch_of(l) is not None and _epoch_of(l) < resumed_epoch]
+            if keep != lines:
+                checkpoint.write_text_atomic(log, "".join(l + "\n" for l in keep), "run log")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(checkpoint.check_writable_dir(self.log_dir, "--log-dir"), purge_step=purge_step)
+        return self
+
+    def log(self, stats, step):
+        """One JSON line in log.txt, and each float of it as a TensorBoard scalar at `step`."""
+        if not self.main:
+            return
+        with open(os.path.join(self.dir, "log.txt"), "a") as f:
+            f.write(json.dumps(stats) + "\n")
+        if self.writer:
+            for k, v in stats.items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(("final/" if stats.get("final") else "epoch/") + k, v, step)
+            self.writer.flush()
+
+    def results(self, figures):
+        """results.json: the figures the script prints last, as printed (and the time the run took)."""
+        if self.main:
+            out = {"script": self.script, **figures, "seconds": round(time.time() - self.t0, 1)}
+            checkpoint.write_text_atomic(os.path.join(self.dir, "results.json"),
+                                         json.dumps(out, indent=1, default=str) + "\n", "results file")
+        print(f"total time {elapsed(time.time() - self.t0)}")
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+
+
+def script_of(path):
+    """The script a config.json names (None: no file); a file that is no config.json of this repo
+    counts as another script's."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            script = json.load(f).get("script")
+    except (OSError, ValueError, AttributeError):
+        script = None
+    return script if isinstance(script, str) else "no script of this repo"
+
+
+def _epoch_of(line):
+    """The epoch of a log.txt line (None for a final line, or one that is not a JSON object)."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d.get("epoch") if isinstance(d, dict) and not d.get("final") and isinstance(d.get("epoch"), int) else None
+
+
+class Progress:
+    """The ETA line of a loop over `total` steps, from the time of the steps this process ran."""
+
+    def __init__(self, total, start=0):
+        self.total, self.done, self.t0 = total, start, time.time()
+        self.first = start
+
+    def step(self):
+        self.done += 1
+        rate = (time.time() - self.t0) / max(1, self.done - self.first)
+        return f"ETA {elapsed(rate * (self.total - self.done))}"

@@ -48,7 +48,7 @@ step "supervised training" $PY supervised.py $RECIPE ${TRAIN_ARGS:-} --checkpoin
 step "untrained network" $PY supervised.py $RECIPE ${TRAIN_ARGS:-} --epochs 0 --checkpoint-dir "$OUT/untrained" > "$OUT/untrained.log"
 
 row() {  # NAME, the features of svm.py, the checkpoint for linear.py ('' = none)
-  step "$1: kNN, SVM, low-shot" $PY svm.py --dataset fashion-mnist --data "$DATA" $2 --layer "$LAYER" --knn 200 --svm-train-subset "$SVM_TRAIN" \
+  step "$1: kNN, SVM, low-shot" $PY svm.py --dataset fashion-mnist --data "$DATA" $2 --layer "$LAYER" --knn-k 200 --svm-train-subset "$SVM_TRAIN" \
     --jobs "$JOBS" -j 1 ${EVAL_ARGS:-} > "$OUT/$1.svm.txt"
   if [ -n "$3" ] && [ -f linear.py ]; then
     step "$1: linear" $PY linear.py --dataset fashion-mnist --data "$DATA" --pretrained "$3" --cached -j 1 \

@@ -41,7 +41,7 @@ for r in $ROWS; do
   # shellcheck disable=SC2086  # FLAGS are word lists
   "$PY" cifar.py "${RECIPE[@]}" ${FLAGS[$r]} --checkpoint-dir "$OUT/$r" > "$OUT/$r.txt" 2>&1 \
     || { tail -3 "$OUT/$r.txt" >&2; echo "error: the $r row's training failed (log: $OUT/$r.txt)" >&2; exit 1; }
-  "$PY" svm.py --dataset fashion-mnist --data "$DATA" --pretrained "$OUT/$r/checkpoint.pth" --layer embed --knn 200 \
+  "$PY" svm.py --dataset fashion-mnist --data "$DATA" --pretrained "$OUT/$r/checkpoint.pth" --layer embed --knn-k 200 \
     --train-subset "$TRAIN_SUBSET" --svm-train-subset "$SVM_TRAIN" --test-subset "$TEST_SUBSET" --no-lowshot --jobs 2 -j 1 > "$OUT/$r.svm.txt" 2>&1 \
     || { tail -3 "$OUT/$r.svm.txt" >&2; echo "error: the $r row's svm.py failed (log: $OUT/$r.svm.txt)" >&2; exit 1; }
   echo $(( $(date +%s) - start )) > "$OUT/$r.seconds"

@@ -77,7 +77,8 @@ def test_torchrun_trains_one_bank_checkpoint_once(cifar_dir, tmp_path):
     ck = torch.load(c / "checkpoint.pth", weights_only=True)
     assert ck["args"]["world_size"] == 2 and len(ck["rng"]) == 2
     assert torch.isfinite(ck["memory"]["memory"]).all() and ck["memory"]["params"][2] > 0
-    assert sorted(os.listdir(c)) == ["checkpoint.pth", "log.txt", "model_best.pth", "retrievals.png", "tb"]
+    assert sorted(os.listdir(c)) == ["checkpoint.pth", "config.json", "log.txt", "model_best.pth", "results.json",
+                                     "retrievals.png", "tb"]
     # the figures printed are those of the saved network (rank 0's weights and BatchNorm statistics),
     # as one process evaluates the file: the final one (recomputed) and the last epoch's (bank)
     figure = lambda line: line.split(") ", 1)[1]

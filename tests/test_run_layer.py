@@ -1,0 +1,223 @@
+"""The run layer (lib/runs.py Run, lib/options.flag): identity from where a flag is declared, every
+script's folder with config.json and results.json (the figures printed last), an evaluation that
+reads its settings from the checkpoint, Ctrl-C's line, logs without duplicated steps, one vocabulary."""
+import json
+import os
+
+import pytest
+import torch
+
+import cifar
+import finetune
+import linear
+import main
+import retrieve
+import supervised
+import svm
+from conftest import TINY, call, run_script
+from lib import amp, engine, options, runs
+
+TRAIN = ["--epochs", "2", "-b", "50", "--nce-k", "0", "--train-subset", "100", "--test-subset", "40",
+         "--knn-k", "20", *TINY, "--retrievals", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_dir, tmp_path_factory):
+    """A finished cifar.py run (2 epochs) and what it printed."""
+    d = tmp_path_factory.mktemp("trained")
+    r = run_script("cifar.py", "--data", cifar_dir, *TRAIN, "--checkpoint-dir", d)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d, r.stdout
+
+
+def final_line(out):
+    return [l for l in out.splitlines() if "kNN (k=" in l][-1]
+
+
+def figures(line):
+    return line.split(")", 1)[1].split()  # 'Top1: 27.50  Top5: ...' after '(k=.., sigma=.., source)'
+
+
+def test_identity_comes_from_where_a_flag_is_declared():
+    args = cifar.get_args(["--data", "x", "-j", "3", "--checkpoint-dir", "y"])
+    ident = runs.identity(args)
+    assert {"nce_t", "arch", "width", "dataset", "seed", "lr", "epochs", "amp"} <= ident.keys()
+    assert not {"workers", "checkpoint_dir", "device", "world_size", "rank", "resume", "evaluate", "log_dir",
+                "no_auto_resume", "download"} & ident.keys()
+    # a flag declared without a role defines the run, with no list to update anywhere
+    p = options.parser("t", dict(epochs=1, batch_size=2, weight_decay=0, nce_t=0.1, workers=0, knn_source="bank",
+                                 checkpoint_dir="c"))
+    p.add_argument("--brand-new", default=7, type=int)
+    args = options.parse(p, ["--brand-new", "8"])
+    assert runs.identity(args)["brand_new"] == 8 and "brand_new" not in options.given(args) - {"brand_new"}
+    assert options.role(args, "brand_new") is None and options.role(args, "workers") == options.EXEC
+    # a derived value written onto args is no part of it; a value passed as `extra` is
+    args.lrs = [0.1]
+    assert "lrs" not in runs.identity(args) and runs.identity(args, sha256="ab")["sha256"] == "ab"
+    assert "meta" not in vars(args)  # the roles travel beside the flags, not among them
+
+
+def test_evaluation_takes_its_settings_from_the_checkpoint(trained, cifar_dir, capsys):
+    d, out = trained
+    want = figures(final_line(out))
+    for flag in ("--test-only", "-e"):  # both spellings in both trainers
+        code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", d / "checkpoint.pth", flag, "-j", "0")
+        assert code in (0, None), e
+        assert figures(final_line(o)) == want  # the figure the training printed, nothing retyped
+    code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", d / "checkpoint.pth", "-e", "-j", "0",
+                      "--width", "16")
+    assert "note: --width 16 given; " in o and "was trained with 8" in o
+    assert code == 2 and "add --width 8" in e
+    assert main.get_args(["DIR", "--test-only"]).evaluate and main.get_args(["DIR", "-e"]).evaluate
+
+
+def test_every_folder_has_its_config_and_results(trained, cifar_dir, tmp_path, capsys):
+    d, out = trained
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["script"] == "cifar.py" and cfg["identity"]["width"] == 8 and "workers" not in cfg["identity"]
+    assert cfg["settings"]["workers"] == 0 and cfg["git"] and cfg["versions"]["torch"] == torch.__version__
+    res = json.loads((d / "results.json").read_text())
+    printed = figures(final_line(out))
+    assert [f"{res['final'][k]:.2f}" for k in ("knn_top1", "knn_top5", "nn_top1")] == [printed[1], printed[3], printed[6]]
+    ck = d / "checkpoint.pth"
+    small = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0"]
+    runs_of = {
+        "linear.py": (linear.main, [*small, "--pretrained", ck, "--cached", "--epochs", "1", "--test-subset", "40"]),
+        "svm.py": (svm.main, ["--dataset", "cifar10", "--data", cifar_dir, "--pretrained", ck, "--layer", "embed",
+                              "--knn-k", "5", "--no-svm", "--k-list", "1", "--samples", "1", "-j", "0",
+                              "--train-subset", "100", "--test-subset", "40"]),
+        "retrieve.py": (retrieve.main, [*small, "--pretrained", ck, "--train-subset", "100", "--test-subset", "40",
+                                        "--num-queries", "2", "-k", "3", "--knn-k", "5"]),
+        "finetune.py": (finetune.main, [*small, "--pretrained", ck, "--labels", "5/class", "--epochs", "1", "--lr",
+                                        "0.01", "-b", "25", "--test-subset", "40"]),
+        "supervised.py": (supervised.main, ["--data", cifar_dir, "--epochs", "1", "-b", "50", "--train-subset", "100",
+                                            "--test-subset", "40", *TINY]),
+    }
+    for script, (fn, argv) in runs_of.items():
+        folder = tmp_path / script.split(".")[0]
+        argv = [*argv, "--out" if script == "retrieve.py" else "--checkpoint-dir", folder]
+        code, o, e = call(fn, capsys, *argv)
+        assert code in (0, None), (script, e)
+        cfg, res = (json.loads((folder / f).read_text()) for f in ("config.json", "results.json"))
+        assert cfg["script"] == res["script"] == script and "workers" not in cfg["identity"]
+        last = o.strip().splitlines()
+        if script == "linear.py":
+            assert f"top1={res['test']['avgpool']['top1']:.2f}" in [l for l in last if l.startswith("linear:")][-1]
+        elif script == "svm.py":
+            assert f"knn: top1={res['knn']['top1']:.2f} k=5" in o
+        elif script == "retrieve.py":
+            s = res["sources"][0]
+            assert f"precision@3={s['precision']:.2f} knn_top1={s['knn']}" in o
+        elif script == "finetune.py":
+            assert f"finetune: top1={res['test']['top1']:.2f}" in o
+        else:
+            assert f"supervised: top1={res['test']['top1']:.2f}" in o
+    # a script never takes another script's folder
+    code, o, e = call(linear.main, capsys, *runs_of["linear.py"][1], "--checkpoint-dir", d)
+    assert code == 2 and "is a run folder of cifar.py" in e
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_ctrl_c_says_where_the_same_command_resumes(cifar_dir, tmp_path, capsys, monkeypatch):
+    real = engine.train_one_epoch
+
+    def stop_in_second(*a, **kw):
+        if a[4] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_second)
+    code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", tmp_path)
+    assert code == 130
+    assert f"interrupted: the same command resumes from epoch 1 ('{tmp_path / 'checkpoint.pth'}')" in e
+    code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", tmp_path,
+                      "--no-auto-resume")
+    assert code == 130 and "without --resume / --no-auto-resume continues from it" in e
+
+
+def test_a_resumed_or_rerun_run_logs_each_step_once(trained, cifar_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    src, _ = trained
+    d = tmp_path / "c"
+    d.mkdir()
+    for f in ("checkpoint.pth", "log.txt", "config.json"):
+        (d / f).write_bytes((src / f).read_bytes())
+    with open(d / "log.txt", "a") as f:  # as an epoch's line of a cut run that the resume trains again
+        f.write(json.dumps({"epoch": 2, "train_loss": 1.0}) + "\n")
+    for _ in range(2):  # a finished run, run again twice: its final figure again, logged once
+        r = run_script("cifar.py", "--data", cifar_dir, *TRAIN, "--checkpoint-dir", d)
+        assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(l) for l in (d / "log.txt").read_text().splitlines()]
+    assert [l.get("epoch") for l in lines] == [0, 1, 2] and [bool(l.get("final")) for l in lines] == [False, False, True]
+    ea = EventAccumulator(str(d / "tb"))
+    ea.Reload()
+    assert len(ea.Scalars("final/final_knn_top1")) == 1
+
+
+def test_one_vocabulary():
+    assert svm.get_args(["--knn", "5"]).knn_k == svm.get_args(["--knn-k", "5"]).knn_k == 5
+    assert cifar.get_args(["--iter_size", "2"]).iter_size == cifar.get_args(["--iter-size", "2"]).iter_size == 2
+    assert cifar.get_args(["--knn-t", "0.05"]).knn_t == 0.05 and cifar.get_args([]).knn_t is None
+    for mod in (linear, finetune, retrieve, svm):
+        assert "auto" in [a for a in mod_parser(mod)._actions if a.dest == "amp"][0].choices
+    cores = len(os.sched_getaffinity(0))
+    assert linear.get_args(["--pretrained", "x"]).workers <= cores and main.get_args(["D"]).workers <= cores
+
+
+def mod_parser(mod):
+    """The script's parser, caught as get_args builds it."""
+    seen = []
+    real = options.parse
+
+    def spy(p, argv=None):
+        seen.append(p)
+        return real(p, argv)
+    options.parse, runs.options.parse = spy, spy
+    try:
+        mod.get_args(["--pretrained", "x", "--labels", "1%"] if mod is finetune else
+                     ["--pretrained", "x"] if mod is linear else [])
+    finally:
+        options.parse, runs.options.parse = real, real
+    return seen[0]
+
+
+@pytest.mark.parametrize("mod", [cifar, main, linear, finetune, retrieve, svm])
+def test_every_flag_has_help_and_the_examples_stay_intact(mod, capsys):
+    p = mod_parser(mod) if mod not in (cifar, main) else None
+    if p is None:
+        seen = []
+        real = runs.parse
+        runs.parse = lambda p, argv, finish: seen.append(p) or real(p, argv, finish)
+        try:
+            mod.get_args(["D"] if mod is main else [])
+        finally:
+            runs.parse = real
+        p = seen[0]
+    bare = [a.option_strings[0] if a.option_strings else a.dest for a in p._actions if not a.help]
+    assert not bare, f"{mod.__name__}: flags without help: {bare}"
+    examples = [l for l in (mod.__doc__ or "").splitlines() if l.strip().startswith("python ")]
+    text = p.format_help()
+    assert all(l in text for l in examples), mod.__name__
+
+
+def test_emulated_autocast_on_a_cpu_is_said(monkeypatch):
+    value, note = amp.resolve("fp16", "cpu")
+    assert value == "fp16" and note.startswith("warning: --amp fp16 on a CPU is emulated")
+    monkeypatch.setattr(amp, "cpu_bf16", lambda: None)
+    assert amp.resolve("bf16", "cpu")[1].startswith("warning: --amp bf16 on this CPU (no native bfloat16)")
+    assert amp.resolve("bf16", "cuda") == ("bf16", None) and amp.resolve("off", "cpu") == ("off", None)
+
+
+def test_retrieve_checks_a_compared_file_before_extracting(trained, cifar_dir, tmp_path, capsys):
+    d, _ = trained
+    ck = d / "checkpoint.pth"
+    small = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--test-subset", "40"]
+    code, o, e = call(retrieve.main, capsys, *small, "--train-subset", "50", "--pretrained", ck, "--num-queries", "1",
+                      "-k", "2", "--out", tmp_path / "p1", "--save-features", tmp_path / "f50.pt")
+    assert code in (0, None), e
+    code, o, e = call(retrieve.main, capsys, *small, "--train-subset", "100", "--pretrained", ck,
+                      "--compare", tmp_path / "f50.pt", "--out", tmp_path / "p2")
+    assert code == 2 and "holds features of 50 train images" in e
+    assert "=> features of" not in o  # said before the checkpoint's features were extracted
