@@ -273,7 +273,7 @@ def read_run(args, path, run_id):
                                LABELS)
 
 
-def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, writer, autocast):
+def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, autocast):
     """Fine-tune a copy of the initial network on train_ds for args.epochs with `setting` ((lr, mult),
     or ('grid', lr, mult): see run_file), resumable; returns (top-1, top-5) on eval_ds after the last
     epoch (`what` names it: held-out or test)."""
@@ -290,6 +290,7 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, writer, 
                          + ([(scaler, ck["scaler"])] if "scaler" in ck else []))
         start, result = ck["epoch"], ck.get("result")
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}" + (" (finished)" if start == args.epochs else ""))
+    run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
     train_model = model
     if args.sync_bn:
         train_model = model = engine.sync_batchnorm(model, args, torch.device(args.device))
@@ -314,13 +315,12 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, writer, 
             state = {"args": run_id, "epoch": epoch + 1, "model": features.unwrap(model).state_dict(),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "result": list(result) if last else None, "arch": args.arch_name}
+            run.log(stats, None)  # first: cut before the checkpoint, the resume drops this line (keep_log)
             checkpoint.save_atomic(state, path)
-            with open(os.path.join(args.checkpoint_dir, "log.txt"), "a") as fh:
-                fh.write(json.dumps(stats) + "\n")
-            writer.add_scalar(f"{tag}/loss", loss, epoch)
+            run.writer.add_scalar(f"{tag}/loss", loss, epoch)
             if "top1" in stats:
-                writer.add_scalar(f"{tag}/{what}_top1", result[0], epoch)
-            writer.flush()
+                run.writer.add_scalar(f"{tag}/{what}_top1", result[0], epoch)
+            run.writer.flush()
     if result is None:  # a finished checkpoint without its figure
         raise UserError(f"'{path}' is finished but holds no result; use --no-auto-resume to train it again")
     return tuple(result)
@@ -389,7 +389,6 @@ def _run(args):
                                      json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
     run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": args.init_sha256, "subset_sha": args.subset_sha},
                    du.is_main_process(), args.log_dir).start(args.device)
-    writer = run.writer
     if du.is_main_process():
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):
@@ -402,13 +401,13 @@ def _run(args):
         for g_lr, g_m in settings:
             held[(g_lr, g_m)] = fit(args, "grid-" + tag_of(g_lr, g_m), (g_lr, g_m), backbone0, dim, C,
                                     InstanceSubset(labelled, fit_pos), InstanceSubset(labelled_eval, held_pos),
-                                    "held-out", writer, autocast)[0]
+                                    "held-out", run, autocast)[0]
         lr, mult = max(held, key=held.get)  # ties: the first in grid order
         print("grid: held-out top1 " + ", ".join(f"lr {a:g} x{b:g}: {v:.2f}" for (a, b), v in held.items())
               + f"; chosen lr {lr:g}, head lr multiplier {mult:g} ({len(held_pos)} held-out images)")
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
     top1, top5 = fit(args, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0, dim,
-                     C, labelled, val, "test", writer, autocast)
+                     C, labelled, val, "test", run, autocast)
     t5 = f"{top5:.2f}" if top5 is not None else "-"
     print(f"finetune: top1={top1:.2f} top5={t5} (labels={args.labels or subset_tag}, recipe={args.recipe}, "
           f"init={init}, lr={lr:.12g}, head_lr_mult={mult:.12g}, images={len(idx)}, test={len(val)})", flush=True)

@@ -232,8 +232,7 @@ def fmt(res):
 # --- one training of a head, resumable --------------------------------------------------------
 
 # a head's run identity beyond the flags (lib/runs.identity): the pretrained file by its sha256
-LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes",
-          "sha256": "the pretrained weights"}
+LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes"}
 
 
 def head_file(args, tag, lr, num_classes):
@@ -258,7 +257,7 @@ def grid_tag(g):
     return f"grid-lr{g:.12g}"
 
 
-def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, writer, sharded, channels=None):
+def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, run, sharded, channels=None):
     """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
     torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
     head = Head(dims, num_classes, channels).to(args.device)
@@ -275,6 +274,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
         runs.load_states(path, [(head, ck["head"]), (opt, ck["optimizer"])], "head")
         start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
+    run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
     for epoch in range(start, args.epochs):
         lr_now = lr * 0.1 ** sum(epoch >= m for m in args.milestones)
         for g in opt.param_groups:
@@ -285,15 +285,17 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, w
             check_frozen(backbone, reference)
         res = evaluate(head, val_b, num_classes, sharded)
         print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
-        if du.is_main_process():
+        if du.is_main_process():  # the log first: cut before the checkpoint, the resume drops this line
+            run.log({"tag": tag, "epoch": epoch, "lr": lr_now, "loss": loss, "seconds": round(time.time() - t0, 1),
+                     **{n: {"top1": a, "top5": b} for n, (a, b) in res.items()}}, None)
             checkpoint.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
-                              "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()}}, path)
-            writer.add_scalar(f"{tag}/loss", loss, epoch)
+                                    "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()}}, path)
+            run.writer.add_scalar(f"{tag}/loss", loss, epoch)
             for n, (a, b) in res.items():
-                writer.add_scalar(f"{tag}/{n}_top1", a, epoch)
+                run.writer.add_scalar(f"{tag}/{n}_top1", a, epoch)
                 if b is not None:
-                    writer.add_scalar(f"{tag}/{n}_top5", b, epoch)
-            writer.flush()
+                    run.writer.add_scalar(f"{tag}/{n}_top5", b, epoch)
+            run.writer.flush()
     return res
 
 
@@ -371,7 +373,6 @@ def _run(args):
     amp_mode, autocast = amp.setup(args.amp, torch.device(args.device).type)
     run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": args.sha256}, du.is_main_process(),
                    args.log_dir).start(args.device)
-    writer = run.writer
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))
     make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode)
@@ -380,14 +381,14 @@ def _run(args):
     if args.grid:  # chosen on held-out training images, never on the test set
         held = {}
         for g in args.grid:
-            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], writer, sharded,
+            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], run, sharded,
                       channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = max(held, key=held.get)
         print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
-              writer, sharded, channels)
+              run, sharded, channels)
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"
     for name, (a, b) in res.items():
         top5 = f"{b:.2f}" if b is not None else "-"

@@ -18,8 +18,8 @@ def resolve(amp, device_type):
     the value asked for is emulated on this CPU (slower than float32, not faster)."""
     isa = cpu_bf16() if device_type == "cpu" else None
     if amp == "fp16" and device_type == "cpu":
-        return amp, ("warning: --amp fp16 on a CPU is emulated, slower than float32 (measured: docs/performance.md, "
-                     "'The CPU's fast path'); --amp off, or --amp auto for bf16 where the CPU has it")
+        return amp, ("warning: --amp fp16 on a CPU is emulated, measured 7-15x slower than float32 (docs/performance.md); "
+                     "--amp off, or --amp auto for bf16 where the CPU has it")
     if amp == "bf16" and device_type == "cpu" and not isa:
         return amp, ("warning: --amp bf16 on this CPU (no native bfloat16) is emulated, 8-12x slower than float32 "
                      "(measured: docs/performance.md); --amp off, or --amp auto")

@@ -327,9 +327,10 @@ def train(args, s, run):
         if du.is_main_process():
             is_best = s.task.monitor in res and res[s.task.monitor] > s.best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
             s.best = max(s.best, res.get(s.task.monitor, s.best))
+            # the log first: cut before the checkpoint, the resume trains this epoch again and drops its line
+            run.log(stats, step=(epoch + 1) * steps - 1)
             path = save(args, epoch + 1, s.model, bank, s.optimizer, stats, rngs, s.best, is_best, s.scaler,
                         s.method.head_state(), images=getattr(s.task.train, "rel", None))
-            run.log(stats, step=(epoch + 1) * steps - 1)
             errors.on_interrupt(runs.resume_hint(args, epoch + 1, path))
         print(f" * epoch {epoch} took {time.time() - t0:.1f} s; {progress.step()} for {args.epochs - epoch - 1} more")
 

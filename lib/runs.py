@@ -329,25 +329,32 @@ class Run:
                   "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
                   "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         checkpoint.write_text_atomic(path, json.dumps(config, indent=1, default=str) + "\n", "run configuration")
-        log = os.path.join(self.dir, "log.txt")
-        if resumed_epoch is not None and os.path.isfile(log):
-            with open(log, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines()
-            keep = [l for l in lines if _epoch_of(l) is not None and _epoch_of(l) < resumed_epoch]
-            if keep != lines:
-                checkpoint.write_text_atomic(log, "".join(l + "\n" for l in keep), "run log")
+        if resumed_epoch is not None:
+            self.keep_log(lambda d: not d.get("final") and isinstance(d.get("epoch"), int) and d["epoch"] < resumed_epoch)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(checkpoint.check_writable_dir(self.log_dir, "--log-dir"), purge_step=purge_step)
         return self
 
+    def keep_log(self, keep):
+        """log.txt without the lines a resume logs again: those `keep(line as a dict)` rejects (and any
+        line that is not a JSON object). Logging before each checkpoint then leaves each step once."""
+        log = os.path.join(self.dir, "log.txt")
+        if not self.main or not os.path.isfile(log):
+            return
+        with open(log, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        kept = [l for l in lines if _keeps(keep, l)]
+        if kept != lines:
+            checkpoint.write_text_atomic(log, "".join(l + "\n" for l in kept), "run log")
+
     def log(self, stats, step):
-        """One JSON line in log.txt, and each float of it as a TensorBoard scalar at `step`."""
+        """One JSON line in log.txt, and each float of it as a TensorBoard scalar at `step` (if any)."""
         if not self.main:
             return
         with open(os.path.join(self.dir, "log.txt"), "a") as f:
             f.write(json.dumps(stats) + "\n")
-        if self.writer:
+        if self.writer and step is not None:  # None: the script writes its own scalars
             for k, v in stats.items():
                 if isinstance(v, float):
                     self.writer.add_scalar(("final/" if stats.get("final") else "epoch/") + k, v, step)
@@ -379,13 +386,12 @@ def script_of(path):
     return script if isinstance(script, str) else "no script of this repo"
 
 
-def _epoch_of(line):
-    """The epoch of a log.txt line (None for a final line, or one that is not a JSON object)."""
+def _keeps(keep, line):
     try:
         d = json.loads(line)
     except ValueError:
-        return None
-    return d.get("epoch") if isinstance(d, dict) and not d.get("final") and isinstance(d.get("epoch"), int) else None
+        return False
+    return isinstance(d, dict) and bool(keep(d))
 
 
 class Progress:

@@ -35,7 +35,7 @@ RECIPES = {
     "benchmark": (BENCHMARK, 60_000),
     "cifar-r18": (["--dataset", "cifar10", "--arch", "ResNet18", "--nce-k", "4096", "-b", "128", "--gpu-aug"], 50_000),
 }
-SETTINGS = {"fp32": [], "bf16": ["--amp", "bf16"], "compile": ["--compile"], "bf16+compile": ["--amp", "bf16", "--compile"]}
+SETTINGS = {"fp32": [], "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"], "compile": ["--compile"], "bf16+compile": ["--amp", "bf16", "--compile"]}
 
 
 def step_time(recipe, setting, reps, warmup):

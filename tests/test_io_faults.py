@@ -205,15 +205,13 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(which, cifar_dir, 
     cifar.main(argv + ["--epochs", "1"])
     capsys.readouterr()
     before = {f: (tmp_path / f).read_bytes() for f in ("checkpoint.pth", "model_best.pth")}
-    real_fdopen, calls = os.fdopen, []
+    real_write = ckpt.write_atomic
 
-    def fdopen(fd, mode="r", *a, **k):
-        f = real_fdopen(fd, mode, *a, **k)
-        calls.append(1)
-        full = which == "checkpoint.pth" or len(calls) == 2  # the first write, or the copy to model_best
-        return _FullDisk(f, 4096) if full and "w" in mode else f
+    def write_atomic(path, write, what):  # the disk is full for `which` (the run's other files are written)
+        full = os.path.basename(path) == which
+        return real_write(path, (lambda f: write(_FullDisk(f, 4096))) if full else write, what)
 
-    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
+    monkeypatch.setattr(ckpt, "write_atomic", write_atomic)
     monkeypatch.setattr(engine, "evaluate", _always_better(engine.evaluate))  # epoch 1 is the best: model_best is copied
     line, _ = exit_line(capsys, cifar.main, argv + ["--epochs", "2"])
     assert "No space left on device" in line and which in line, line

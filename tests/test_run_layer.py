@@ -221,3 +221,55 @@ def test_retrieve_checks_a_compared_file_before_extracting(trained, cifar_dir, t
                       "--compare", tmp_path / "f50.pt", "--out", tmp_path / "p2")
     assert code == 2 and "holds features of 50 train images" in e
     assert "=> features of" not in o  # said before the checkpoint's features were extracted
+
+
+def _trainings(cifar_dir, imagenet_dir, ck):
+    """Every script that trains, each with a tiny run of 3 epochs (main.py's 224-px ResNet-18 takes two
+    minutes here: its resume is tested in test_own_images.py and test_decode.py, the engine's here)."""
+    small = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--test-subset", "40"]
+    return {
+        "cifar.py": (cifar.main, ["--data", cifar_dir, *TRAIN[:1], "3", *TRAIN[2:]]),
+        "main.py": (main.main, [imagenet_dir, "-a", "resnet18", "--epochs", "2", "-b", "8", "--low-dim", "16",
+                                "--nce-k", "auto", "-j", "0", "-p", "1", "--retrievals", "0", "--knn-k", "5"]),
+        "linear.py": (linear.main, [*small, "--pretrained", ck, "--cached", "--epochs", "3", "--lr", "1"]),
+        "finetune.py": (finetune.main, [*small, "--pretrained", ck, "--labels", "5/class", "--epochs", "3",
+                                        "--lr", "0.01", "--head-lr-mult", "10", "-b", "25", "-p", "100"]),
+    }
+
+
+@pytest.mark.parametrize("script", ["cifar.py", "linear.py", "finetune.py"])
+def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exactly(
+        script, trained, cifar_dir, imagenet_dir, tmp_path, capsys, monkeypatch):
+    from lib import checkpoint
+    fn, argv = _trainings(cifar_dir, imagenet_dir, trained[0] / "checkpoint.pth")[script]
+    code, straight, e = call(fn, capsys, *argv, "--checkpoint-dir", tmp_path / "straight")
+    assert code in (0, None), e
+    real, saved = checkpoint.save_atomic, []
+
+    def ctrl_c_after_the_first(obj, path):  # the training's first checkpoint (not linear.py's feature cache)
+        real(obj, path)
+        if os.path.basename(path).startswith(("checkpoint.pth", "linear-", "finetune-")):
+            saved.append(path)
+            if len(saved) == 1:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save_atomic", ctrl_c_after_the_first)
+    code, _, e = call(fn, capsys, *argv, "--checkpoint-dir", tmp_path / "cut")
+    assert code == 130 and saved, e
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    code, resumed, e = call(fn, capsys, *argv, "--checkpoint-dir", tmp_path / "cut")
+    assert code in (0, None) and "resumed from" in resumed, e
+    res = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "cut")]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in res][0] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in res][1]
+    assert straight.strip().splitlines()[-2:-1] == resumed.strip().splitlines()[-2:-1]  # the figure, as printed
+    for f in os.listdir(tmp_path / "straight"):
+        if f.endswith(".pth") and f != "model_best.pth":  # model_best: a copy, cut off here before it was made
+            a, b = (torch.load(tmp_path / d / f, weights_only=True) for d in ("straight", "cut"))
+            for key in ("state_dict", "model", "head"):
+                if key in a:
+                    assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (f, key)
+    logs = [(tmp_path / d / "log.txt") for d in ("straight", "cut")]
+    if logs[0].exists():  # the same epochs logged once each
+        strip = lambda p: [{k: v for k, v in json.loads(l).items() if "time" not in k and k != "seconds"}
+                           for l in p.read_text().splitlines()]
+        assert strip(logs[0]) == strip(logs[1])
