@@ -348,6 +348,7 @@ def labelled_subset(args, train):
 def _run(args):
     du.init_distributed_mode(args)
     check_args(args)
+    args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone0, info = initial_backbone(args)
@@ -387,14 +388,16 @@ def _run(args):
         checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         checkpoint.write_text_atomic(os.path.join(args.checkpoint_dir, "run.json"),
                                      json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
+    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
     run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": args.init_sha256, "subset_sha": args.subset_sha},
-                   du.is_main_process(), args.log_dir).start(args.device)
+                   du.is_main_process(), args.log_dir).start(args.device, resumed_epoch=0 if fresh else None,
+                                                             purge_step=0 if fresh else None)
     if du.is_main_process():
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):
             write_subset_file(subset_path, idx, names, args.dataset, f"labels={args.labels or subset_tag}")
         print(f"=> checkpoints and the subset ('{subset_path}') in '{args.checkpoint_dir}'")
-    autocast = amp.setup(args.amp, torch.device(args.device).type)[1]
+    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
     lr, mult = settings[0]
     if grid:
         held = {}

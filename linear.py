@@ -352,6 +352,7 @@ def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast
 def _run(args):
     du.init_distributed_mode(args)
     check_args(args)
+    args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
@@ -370,11 +371,13 @@ def _run(args):
     channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
-    amp_mode, autocast = amp.setup(args.amp, torch.device(args.device).type)
+    amp_mode, autocast = args.amp, amp.autocast_for(args.amp, torch.device(args.device).type)
     run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": args.sha256}, du.is_main_process(),
-                   args.log_dir).start(args.device)
+                   args.log_dir).check_owner()
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))
+    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
+    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
     make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr

@@ -354,17 +354,18 @@ def save_features(args, s, data, labels):
             if inside(p, args.out)]
 
 
-def knn_text(s, labels, num_classes, args):
+def knn_figure(s, labels, num_classes, args):
+    """(the kNN top-1 as printed, the figure; None for multi-label sets)."""
     if labels["train"].dim() == 2:
-        return "- (multi-label)"
+        return "- (multi-label)", None
     k = min(args.knn_k, len(s["train"]))
     r = knn.knn_classify(s["val"], labels["val"], s["train"], labels["train"], num_classes, k, args.knn_t)
-    return f"{r['knn_top1']:.2f} (k={k})"
+    return f"{r['knn_top1']:.2f} (k={k})", r["knn_top1"]
 
 
 def page(args):
     mine = check_out(args)
-    run = runs.Run(args.out, "retrieve.py", args).start(device_of(args), tensorboard=False)
+    run = runs.Run(args.out, "retrieve.py", args).check_owner()
     autocast = amp.setup(args.amp, device_of(args).type)[1]
     data = open_splits(args, registry.eval_transform(args.dataset))
     labelled = data["val"] is not data["train"]
@@ -376,6 +377,7 @@ def page(args):
     num_classes = len(names) if labels["train"].dim() == 2 else classes_of(data["train"])
     queries = pick_queries(args, data["val"])
     sources = load_sources(args, data, labels, names, autocast)
+    run.start(device_of(args), tensorboard=False)  # every input checked: the page's files from here on
     files = []
     if args.save_features:
         files += save_features(args, sources[0], data, labels)
@@ -390,7 +392,8 @@ def page(args):
             continue
         sims, idx = retrieval.exact_search(val, bank, args.k)  # every val image: the precision, and the rows shown
         s["precision"] = retrieval.precision_of(idx, labels["val"], labels["train"])
-        s["knn"] = knn_text(dict(s, train=bank, val=val), {k: v.to(dev) for k, v in labels.items()}, num_classes, args)
+        s["knn"], s["knn_top1"] = knn_figure(dict(s, train=bank, val=val), {k: v.to(dev) for k, v in labels.items()},
+                                             num_classes, args)
         s["sims"], s["idx"] = sims[queries], idx[queries]
         print(f"{s['name']}: precision@{args.k}={s['precision']:.2f} knn_top1={s['knn']} ({len(val)} val images)")
     print(f"search: {time.time() - t0:.1f} s")
@@ -428,7 +431,8 @@ def page(args):
         if THUMB.fullmatch(f) or f == "map.png":
             os.remove(os.path.join(args.out, f))
     run.results({"k": args.k, "queries": len(queries), "sources": [
-        dict(name=s["name"], path=s["path"], precision=s["precision"], knn=s["knn"]) for s in sources]})
+        dict(name=s["name"], path=s["path"], precision=s["precision"], knn_top1=s.get("knn_top1"), knn=s["knn"])
+        for s in sources]})
     retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k,
                                             queries=[ids["val"][q] for q in queries],
                                             sources=[dict(name=s["name"], path=s["path"], precision=s["precision"],

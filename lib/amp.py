@@ -31,6 +31,14 @@ def resolve(amp, device_type):
     return "off", f"amp: --amp auto -> off ({why})"
 
 
+def resolve_said(amp, device_type):
+    """resolve(), its line printed: the value a script records and runs with."""
+    value, note = resolve(amp, device_type)
+    if note:
+        print(note)
+    return value
+
+
 def setup(amp, device_type):
     """(the value resolve() gives, its autocast factory), its line printed: the evaluation scripts' --amp."""
     value, note = resolve(amp, device_type)

@@ -108,7 +108,8 @@ def set_lr(optimizer, lr):
 
 
 def train_one_epoch(model, method, loader, optimizer, epoch, args, device, autocast=None, scaler=None,
-                    gpu_augment=None, writer=None):
+                    gpu_augment=None, writer=None, step0=0):
+    """One epoch; `writer`: TensorBoard's train/loss at step step0 + the images seen so far."""
     model.train()
     batch_time, data_time, losses = Meter(), Meter(), Meter()
     optimizer.zero_grad(set_to_none=True)
@@ -149,7 +150,7 @@ def train_one_epoch(model, method, loader, optimizer, epoch, args, device, autoc
                   f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
                   f"Loss {losses.val:.4f} ({losses.avg:.4f})")
             if writer:
-                writer.add_scalar("train/loss", avg, epoch * len(loader) + i)
+                writer.add_scalar("train/loss", avg, step0 + i * args.batch_size)
         else:
             batch_time.update(time.time() - end)
         end = time.time()
@@ -208,13 +209,14 @@ class Setup:
 
 
 def _run(args, make_task, script):
+    run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir)
+    if not args.evaluate:
+        run.check_owner()  # before anything is resumed
     s = setup(args, make_task)
     if args.evaluate:
         return evaluate_only(args, s)
-    run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(),
-                   log_dir=args.log_dir)
-    steps = len(s.loaders[0])  # TensorBoard's step: the iteration; an interrupted epoch's points are purged
-    run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * steps)
+    # TensorBoard's step: images seen (whatever the batch); an interrupted epoch's points are purged
+    run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s))
     baselines = {}
     if args.baselines and s.start_epoch == 0:  # the same network before any step, and raw pixels
         baselines["random_init"] = evaluate(s.model, s.method.bank, s.train_labels, s.loaders, s.task, args, s.device,
@@ -227,6 +229,10 @@ def _run(args, make_task, script):
     run.close()
     du.cleanup(barrier=True)
     return final
+
+
+def images_per_epoch(s):
+    return len(s.loaders[0].sampler) * du.get_world_size()
 
 
 def setup(args, make_task):
@@ -298,16 +304,16 @@ def evaluate_only(args, s):
 
 def train(args, s, run):
     """The epochs from s.start_epoch: train, the monitor, save, log; Ctrl-C says where to resume."""
-    bank, steps = s.method.bank, len(s.loaders[0])
+    bank, U = s.method.bank, images_per_epoch(s)
     progress = runs.Progress(args.epochs, s.start_epoch)
-    errors.on_interrupt(runs.resume_hint(args, s.start_epoch, os.path.join(args.checkpoint_dir, "checkpoint.pth")))
+    errors.on_interrupt(runs.resume_hint(args, s.start_epoch, runs.resume_path(args)[0], saved=False))
     for epoch in range(s.start_epoch, args.epochs):
         t0 = time.time()
         s.loaders[0].sampler.set_epoch(epoch)
         lr = s.task.lr_at(epoch, args)
         set_lr(s.optimizer, lr)
         stats = train_one_epoch(s.train_model, s.method, s.loaders[0], s.optimizer, epoch, args, s.device, s.autocast,
-                                s.scaler, s.task.gpu_augment, run.writer)
+                                s.scaler, s.task.gpu_augment, run.writer, step0=epoch * U)
         check_banks_agree(bank, epoch, s.method)
         # the monitor every --eval-every epochs and after the last (PIC's windows are ~10 per pass)
         res = {}
@@ -328,10 +334,10 @@ def train(args, s, run):
             is_best = s.task.monitor in res and res[s.task.monitor] > s.best  # the authors' choice: 1-NN for ImageNet, kNN for CIFAR
             s.best = max(s.best, res.get(s.task.monitor, s.best))
             # the log first: cut before the checkpoint, the resume trains this epoch again and drops its line
-            run.log(stats, step=(epoch + 1) * steps - 1)
+            run.log(stats, step=(epoch + 1) * U - 1)
             path = save(args, epoch + 1, s.model, bank, s.optimizer, stats, rngs, s.best, is_best, s.scaler,
                         s.method.head_state(), images=getattr(s.task.train, "rel", None))
-            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path))
+            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, saved=True))
         print(f" * epoch {epoch} took {time.time() - t0:.1f} s; {progress.step()} for {args.epochs - epoch - 1} more")
 
 
@@ -340,7 +346,7 @@ def final_evaluation(args, s, run, baselines):
     features (the original's cifar.py), ImageNet's against the bank (the original's main.py, and the
     published 41.0 / 46.8), the other one beside it; without labels the bank's uniformity."""
     errors.on_interrupt(None)
-    bank, step = s.method.bank, args.epochs * len(s.loaders[0])
+    bank, step = s.method.bank, args.epochs * images_per_epoch(s)
     if not s.labelled:
         final = {"bank_uniformity": knn.uniformity(bank.memory)}
         print(f" * final: the bank's uniformity {final['bank_uniformity']:.4f} (no labels: no kNN); "

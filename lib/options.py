@@ -259,7 +259,7 @@ def check_data(args, script):
 
 def add_distributed(p):
     g = p.add_argument_group("distributed (torchrun sets these itself)")
-    flag(g, EXEC, "--world-size", default=1, type=int, help="processes (without torchrun)")
+    flag(g, RESUMABLE, "--world-size", default=1, type=int, help="processes (without torchrun)")
     flag(g, EXEC, "--rank", default=0, type=int, help="this process's rank (without torchrun)")
     flag(g, EXEC, "--dist-url", default="tcp://127.0.0.1:23456", help="the process group's rendezvous")
     flag(g, EXEC, "--dist-backend", default=None, help="default: cpu:gloo,cuda:nccl on GPUs, gloo on CPU")

@@ -177,26 +177,42 @@ def check_same_data(args, ck, path):
                             f"this command says {getattr(args, k)}: its bank does not index these images")
 
 
+class _Clash(Exception):
+    pass
+
+
 def parse(p, argv, finish):
     """A trainer's settings: options.parse, then finish(args) (the script's own checks and derived
-    defaults). An evaluation (-e) takes the evaluated checkpoint's settings (network, data, method,
-    and its kNN's test subset, k, sigma and autocast: every flag but the EXEC and EXPLICIT ones)
-    wherever the command line gives no value, so nothing needs typing again and the figure is the
-    one the training printed; a given flag that disagrees is said in one line."""
+    defaults). An evaluation (-e) takes what defines the evaluated checkpoint's network and data
+    (every flag declared without a role: arch, width, low-dim, head, subsets, method, ...) from the
+    checkpoint wherever the command line gives none, so none of them needs typing again; a given
+    flag that disagrees is said in one line. The evaluation's own settings (--test-subset, --knn-k,
+    --knn-t, --amp) stay the command's, so one command line prints the same figure as before."""
     args = finish(options.parse(p, argv))
     path = resume_path(args, quiet=True)[0] if args.evaluate else None
     saved = checkpoint.saved_args(path) if path else None
     if not saved:
         return args
     given, known = options.given(args), args.parser_defaults
-    adopted = lambda k: k in known and options.role(args, k) in (None, options.RESUMABLE)
+    adopted = lambda k: k in known and options.role(args, k) is None
     adopt = {k: v for k, v in saved.items() if adopted(k) and k not in given}
     for k in sorted(given & saved.keys()):
         if adopted(k) and not _same(k, saved[k], getattr(args, k)):
             print(f"note: --{k.replace('_', '-')} {getattr(args, k)} given; '{path}' was trained with {saved[k]}")
     # the same file is evaluated even where the checkpoint's dataset names another default folder
     p.set_defaults(**adopt, **({} if "checkpoint_dir" in given else {"checkpoint_dir": args.checkpoint_dir}))
-    return finish(options.parse(p, argv))
+
+    def clash(message):
+        raise _Clash(message)
+    p.error = clash  # a setting taken from the file that clashes with a given flag: the given ones win
+    try:
+        return finish(options.parse(p, argv))
+    except _Clash as e:
+        print(f"note: the settings of '{path}' do not go with the flags given ({e}); evaluating with the flags "
+              "given and the defaults")
+        return args
+    finally:
+        del p.error
 
 
 def resume_path(args, quiet=False):
@@ -215,11 +231,14 @@ def resume_path(args, quiet=False):
     return latest, True
 
 
-def resume_hint(args, epoch, path):
-    """What Ctrl-C says: the command that continues from the last saved epoch (`epoch` of `path`)."""
+def resume_hint(args, epoch, path, saved):
+    """What Ctrl-C says: the command that continues from the last saved epoch (`epoch`); `saved`:
+    this process saved it, at `path`, else it is the checkpoint the run started from."""
     if not epoch:
         return "interrupted before the first epoch ended: nothing of this run was saved"
-    if args.resume or args.no_auto_resume:
+    if not saved and args.resume:
+        return f"interrupted: nothing saved since '{args.resume}' (epoch {epoch}); the same command starts from it again"
+    if saved and (args.resume or args.no_auto_resume):
         return (f"interrupted: epoch {epoch} is saved in '{path}'; the same command without --resume / "
                 "--no-auto-resume continues from it")
     return f"interrupted: the same command resumes from epoch {epoch} ('{path}')"
@@ -302,6 +321,9 @@ def elapsed(seconds):
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+TRAINERS = ("cifar.py", "main.py", "supervised.py")  # the scripts whose folder holds a checkpoint.pth
+
+
 class Run:
     """A folder is one run: config.json (what defines it, every setting, and where, when and with
     what code it ran), log.txt (one JSON line per epoch), TensorBoard scalars, and results.json
@@ -320,11 +342,9 @@ class Run:
         and open TensorBoard, purging its scalars from `purge_step` on (the same reason)."""
         if not self.main:
             return self
+        self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
         path = os.path.join(self.dir, "config.json")
-        other = script_of(path)
-        if other not in (None, self.script):  # never another script's folder: its config and results stay
-            raise UserError(f"'{self.dir}' is a run folder of {other} (its config.json); give {self.script} another folder")
         config = {"script": self.script, "identity": self.identity, "settings": plain_args(self.args),
                   "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
                   "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -334,6 +354,16 @@ class Run:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(checkpoint.check_writable_dir(self.log_dir, "--log-dir"), purge_step=purge_step)
+        return self
+
+    def check_owner(self):
+        """Never another script's folder (its config.json, or a trainer's checkpoint.pth from before
+        config.json): its config and results stay. Called before anything is read or written."""
+        other = script_of(os.path.join(self.dir, "config.json"))
+        if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:
+            other = "a trainer (its checkpoint.pth)"
+        if other not in (None, self.script):
+            raise UserError(f"'{self.dir}' is a run folder of {other}; give {self.script} another folder")
         return self
 
     def keep_log(self, keep):

@@ -12,7 +12,7 @@ OUT=checkpoints/quickstart
 # command runs float32 anyway (the last --amp wins)
 FAST=$("$PY" -m lib.amp auto); AMP=${FAST%%$'\n'*}
 # a fresh run every time (the same folder would otherwise auto-resume the last one): what cifar.py wrote
-npid_clear "$OUT" checkpoint.pth model_best.pth log.txt tb retrievals.png stdout.txt nn -- ./data
+npid_clear "$OUT" checkpoint.pth model_best.pth log.txt tb retrievals.png stdout.txt config.json results.json nn -- ./data
 echo "${FAST#*$'\n'}"
 "$PY" cifar.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 \
   --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.1 --nce-m 0.5 --lr 0.03 --cos --epochs 40 -b 128 \

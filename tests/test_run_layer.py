@@ -41,8 +41,8 @@ def figures(line):
 def test_identity_comes_from_where_a_flag_is_declared():
     args = cifar.get_args(["--data", "x", "-j", "3", "--checkpoint-dir", "y"])
     ident = runs.identity(args)
-    assert {"nce_t", "arch", "width", "dataset", "seed", "lr", "epochs", "amp"} <= ident.keys()
-    assert not {"workers", "checkpoint_dir", "device", "world_size", "rank", "resume", "evaluate", "log_dir",
+    assert {"nce_t", "arch", "width", "dataset", "seed", "lr", "epochs", "amp", "world_size"} <= ident.keys()
+    assert not {"workers", "checkpoint_dir", "device", "rank", "resume", "evaluate", "log_dir",
                 "no_auto_resume", "download"} & ident.keys()
     # a flag declared without a role defines the run, with no list to update anywhere
     p = options.parser("t", dict(epochs=1, batch_size=2, weight_decay=0, nce_t=0.1, workers=0, knn_source="bank",
@@ -61,9 +61,10 @@ def test_evaluation_takes_its_settings_from_the_checkpoint(trained, cifar_dir, c
     d, out = trained
     want = figures(final_line(out))
     for flag in ("--test-only", "-e"):  # both spellings in both trainers
-        code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", d / "checkpoint.pth", flag, "-j", "0")
+        code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", d / "checkpoint.pth", flag, "-j", "0",
+                          "--test-subset", "40", "--knn-k", "20")  # the evaluation's own settings
         assert code in (0, None), e
-        assert figures(final_line(o)) == want  # the figure the training printed, nothing retyped
+        assert figures(final_line(o)) == want  # the figure the training printed: its network and data not retyped
     code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", d / "checkpoint.pth", "-e", "-j", "0",
                       "--width", "16")
     assert "note: --width 16 given; " in o and "was trained with 8" in o
@@ -137,7 +138,7 @@ def test_ctrl_c_says_where_the_same_command_resumes(cifar_dir, tmp_path, capsys,
     assert code == 130 and "without --resume / --no-auto-resume continues from it" in e
 
 
-def test_a_resumed_or_rerun_run_logs_each_step_once(trained, cifar_dir, tmp_path):
+def test_a_resumed_or_rerun_run_logs_each_step_once(trained, cifar_dir, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     src, _ = trained
     d = tmp_path / "c"
@@ -146,9 +147,8 @@ def test_a_resumed_or_rerun_run_logs_each_step_once(trained, cifar_dir, tmp_path
         (d / f).write_bytes((src / f).read_bytes())
     with open(d / "log.txt", "a") as f:  # as an epoch's line of a cut run that the resume trains again
         f.write(json.dumps({"epoch": 2, "train_loss": 1.0}) + "\n")
-    for _ in range(2):  # a finished run, run again twice: its final figure again, logged once
-        r = run_script("cifar.py", "--data", cifar_dir, *TRAIN, "--checkpoint-dir", d)
-        assert r.returncode == 0, r.stderr[-2000:]
+    code, _, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", d)
+    assert code in (0, None), e  # a finished run run again: its final figure again, logged once
     lines = [json.loads(l) for l in (d / "log.txt").read_text().splitlines()]
     assert [l.get("epoch") for l in lines] == [0, 1, 2] and [bool(l.get("final")) for l in lines] == [False, False, True]
     ea = EventAccumulator(str(d / "tb"))
@@ -273,3 +273,52 @@ def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exa
         strip = lambda p: [{k: v for k, v in json.loads(l).items() if "time" not in k and k != "seconds"}
                            for l in p.read_text().splitlines()]
         assert strip(logs[0]) == strip(logs[1])
+
+
+def test_the_folder_and_the_record_of_a_run_stay_its_own(trained, cifar_dir, tmp_path, capsys, monkeypatch):
+    d, _ = trained
+    ck = d / "checkpoint.pth"
+    old = tmp_path / "old"  # a trainer's folder from before config.json
+    old.mkdir()
+    (old / "checkpoint.pth").write_bytes(ck.read_bytes())
+    lin = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--pretrained", ck, "--cached", "--epochs", "1",
+           "--test-subset", "40"]
+    code, _, e = call(linear.main, capsys, *lin, "--checkpoint-dir", old)
+    assert code == 2 and "is a run folder of a trainer" in e and sorted(os.listdir(old)) == ["checkpoint.pth"]
+    # a refused run leaves the folder's record as it was
+    assert call(linear.main, capsys, *lin, "--checkpoint-dir", tmp_path / "lin")[0] in (0, None)
+    before = (tmp_path / "lin" / "config.json").read_text()
+    code, _, e = call(linear.main, capsys, *lin, "--lr", "10", "--checkpoint-dir", tmp_path / "lin")
+    assert code == 2 and "is another run" in e and (tmp_path / "lin" / "config.json").read_text() == before
+    # --amp auto: what it chose is the run's setting (the head's record and config.json)
+    assert call(linear.main, capsys, *lin, "--amp", "auto", "--checkpoint-dir", tmp_path / "auto")[0] in (0, None)
+    chosen = amp.resolve("auto", "cpu")[0]
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["identity"]["amp"] == chosen
+    assert torch.load(tmp_path / "auto" / "linear-train.pth", weights_only=True)["args"]["amp"] == chosen
+    # finetune --no-auto-resume: a new run in the folder, the old run's log lines go
+    ft = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--pretrained", ck, "--labels", "5/class",
+          "--epochs", "1", "--lr", "0.01", "--head-lr-mult", "10", "-b", "25", "--test-subset", "40",
+          "--checkpoint-dir", tmp_path / "ft"]
+    for extra in ([], ["--no-auto-resume"]):
+        assert call(finetune.main, capsys, *ft, *extra)[0] in (0, None)
+    assert len((tmp_path / "ft" / "log.txt").read_text().splitlines()) == 1
+    assert options.role(cifar.get_args([]), "world_size") == options.RESUMABLE  # a change is said
+
+
+def test_evaluation_of_a_held_out_run_and_ctrl_c_after_resume(cifar_dir, trained, tmp_path, capsys, monkeypatch):
+    hold = ["--data", cifar_dir, "--epochs", "1", "-b", "50", "--nce-k", "0", "--train-subset", "100", "--holdout", "20",
+            *TINY, "--retrievals", "0", "--checkpoint-dir", tmp_path / "hold"]
+    assert call(cifar.main, capsys, *hold)[0] in (0, None)
+    code, o, e = call(cifar.main, capsys, "--data", cifar_dir, "--resume", tmp_path / "hold" / "checkpoint.pth",
+                      "--test-only", "--test-subset", "40", "--train-subset", "100", *TINY)
+    assert code in (0, None) and "do not go with the flags given" in o and "kNN (k=" in o, e  # the given flags win
+    real = engine.train_one_epoch
+
+    def stop(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "train_one_epoch", stop)
+    src = trained[0] / "checkpoint.pth"
+    code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN[:1], "3", *TRAIN[2:], "--resume", src,
+                      "--checkpoint-dir", tmp_path / "fresh")
+    assert code == 130 and f"nothing saved since '{src}' (epoch 2); the same command starts from it again" in e
+    monkeypatch.setattr(engine, "train_one_epoch", real)
