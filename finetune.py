@@ -25,7 +25,7 @@ from datasets.folder import check_val_classes
 from datasets.subset import draw_per_class, parse_labels, read_subset_file, write_subset_file
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, engine, features, knn, options, runs
+from lib import amp, data, engine, errors, features, knn, options, runs
 from lib.errors import UserError, brief, exit_on_error
 
 RECIPES = {
@@ -298,6 +298,8 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, aut
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(args.device).index] if args.device.startswith("cuda") else None)
     train_loader, eval_loader = data.loader_for(train_ds, args, True), data.loader_for(eval_ds, args, False)
+    progress = runs.Progress(args.epochs, start)
+    errors.on_interrupt(runs.resume_hint(args, start, path, True, f"[{tag}]"))
     for epoch in range(start, args.epochs):
         f = set_epoch_lr(optimizer, epoch, args)
         t0 = time.time()
@@ -310,7 +312,8 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, aut
             result = evaluate(model, eval_loader, args, autocast, C)
             stats.update({"split": what, "top1": result[0], "top5": result[1]})
         print(f" * [{tag}] epoch {epoch} lr {lr * f:g} head lr {lr * mult * f:g} loss {loss:.4f}"
-              + (f" {what} top1 {result[0]:.2f}" if "top1" in stats else "") + f" ({stats['seconds']} s)", flush=True)
+              + (f" {what} top1 {result[0]:.2f}" if "top1" in stats else "") + f" ({stats['seconds']} s; "
+              f"{progress.step()})", flush=True)
         if du.is_main_process():
             state = {"args": run_id, "epoch": epoch + 1, "model": features.unwrap(model).state_dict(),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -321,6 +324,8 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, aut
             if "top1" in stats:
                 run.writer.add_scalar(f"{tag}/{what}_top1", result[0], epoch)
             run.writer.flush()
+            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))
+    errors.on_interrupt(None)
     if result is None:  # a finished checkpoint without its figure
         raise UserError(f"'{path}' is finished but holds no result; use --no-auto-resume to train it again")
     return tuple(result)

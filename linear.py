@@ -19,7 +19,7 @@ from torchvision import transforms
 from datasets import InstanceSubset, num_classes, registry
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, features, knn, options, runs
+from lib import amp, data, errors, features, knn, options, runs
 from lib.errors import UserError, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
@@ -275,6 +275,8 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
         start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
     run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
+    progress = runs.Progress(args.epochs, start)
+    errors.on_interrupt(runs.resume_hint(args, start, path, True, f"[{tag}]"))
     for epoch in range(start, args.epochs):
         lr_now = lr * 0.1 ** sum(epoch >= m for m in args.milestones)
         for g in opt.param_groups:
@@ -284,7 +286,8 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
         if epoch == start:  # after the first epoch: the backbone (BN buffers included) is untouched
             check_frozen(backbone, reference)
         res = evaluate(head, val_b, num_classes, sharded)
-        print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s)", flush=True)
+        print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s; "
+              f"{progress.step()})", flush=True)
         if du.is_main_process():  # the log first: cut before the checkpoint, the resume drops this line
             run.log({"tag": tag, "epoch": epoch, "lr": lr_now, "loss": loss, "seconds": round(time.time() - t0, 1),
                      **{n: {"top1": a, "top5": b} for n, (a, b) in res.items()}}, None)
@@ -296,6 +299,8 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
                 if b is not None:
                     run.writer.add_scalar(f"{tag}/{n}_top5", b, epoch)
             run.writer.flush()
+            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))
+    errors.on_interrupt(None)
     return res
 
 

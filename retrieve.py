@@ -71,13 +71,7 @@ def get_args(argv=None):
     g.add_argument("--recall", action="store_true", help="also the recall@K of the backend against exact search")
     options.flag(g, options.EXEC, "--json", default=None, metavar="FILE", help="write the results as JSON")
     g = p.add_argument_group("run")
-    options.flag(g, options.EXEC, "-b", "--batch-size", default=256, type=int,
-                 help="images per forward of the feature extraction")
-    options.flag(g, options.EXEC, "-j", "--workers", default=options.workers(2), type=int,
-                 help="data loading workers (default: at most the CPU cores)")
-    options.flag(g, options.EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
-                   help="autocast the forward; auto: bf16 on a CPU with native bfloat16, else off")
+    options.add_extraction(g, 256)
     args = options.parse(p, argv)
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
     return args

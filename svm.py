@@ -49,13 +49,7 @@ def get_args(argv=None):
                    "of the training images (a fixed random subset; kNN and low-shot draws use all of them)")
     p.add_argument("--test-subset", default=0, type=int, help="single-label: evaluate on this many test images only")
     options.flag(p, options.EXEC, "--jobs", default=1, type=int, help="processes fitting the SVMs of different classes at once")
-    options.flag(p, options.EXEC, "-b", "--batch-size", default=128, type=int,
-                 help="images per forward of the feature extraction")
-    options.flag(p, options.EXEC, "-j", "--workers", default=options.workers(2), type=int,
-                 help="data loading workers (default: at most the CPU cores)")
-    options.flag(p, options.EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
-                   help="autocast the feature extraction; auto: bf16 on a CPU with native bfloat16, else off")
+    options.add_extraction(p, 128)
     options.flag(p, options.EXEC, "--checkpoint-dir", default=None, help="the run's folder: config.json, results.json "
                  "(default: checkpoints/svm/DATASET-LAYER-SHA, SHA the checkpoint's first 12 hex digits, or pixels)")
     return options.parse(p, argv)

@@ -22,7 +22,7 @@ from . import report
 from . import runs
 from .data import SeededDataset, SeededSampler, make_loaders, sample_seed, window_epochs  # noqa: F401 (engine's names)
 from .errors import UserError, exit_on_error
-from .methods import build_method
+from .methods import METHODS, build_method
 from .runs import (bank_from_checkpoint,  # noqa: F401
                    check_same_data, check_same_run, git_sha, load_method_head, load_model_weights, plain_args,
                    resume, resume_path, rng_state, save)
@@ -59,7 +59,7 @@ def check_args(args, n_train, labelled=True):
         raise UserError(f"--nce-t and --knn-t must be > 0 (got {args.nce_t}, {args.knn_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
-    parametric = getattr(args, "method", "npid") in ("parametric", "pic")  # no sampled negatives: no --nce-k
+    parametric = not METHODS[args.method].SAMPLES_NEGATIVES  # an instance classifier: no --nce-k
     if args.nce_k < 0 and not parametric:
         raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
     if args.nce_k >= n_train and not args.evaluate and not parametric:

@@ -13,6 +13,9 @@ following the authors' code frank-xwang/CLD-UnsupervisedLearning (cited below as
 InstanceClassifier: the parametric side, a learned weight vector per training image: the paper's
 parametric-softmax baseline (its Eq. 1) and PIC (Cao et al., NeurIPS 2020, code bl0/PIC, cited as
 PIC:file)."""
+import argparse
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -32,21 +35,10 @@ def build_bank(args, n):
 
 
 def build_method(args, n, model):
+    """The --method's module (METHODS, at the end of this file) for n training images."""
     if getattr(args, "warmup_epochs", 0) < 0:
         raise UserError(f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})")
-    method = getattr(args, "method", "npid")
-    if method in ("parametric", "pic"):  # the bank is the kNN monitor's only: features, never in the loss
-        bank = LinearAverage(args.low_dim, n, args.nce_t, args.nce_m)
-        return InstanceClassifier(bank, n, args.low_dim, args.inst_t, args.inst_cosine,
-                                  init_std=0.01 if method == "pic" else None, channels_last=args.channels_last,
-                                  model=None if args.inst_feature_norm else model)
-    bank = build_bank(args, n)
-    if not getattr(args, "cld", False):
-        return NPID(bank, args.channels_last)
-    if args.cld_clusters < 1 or args.cld_iters < 1 or args.cld_t <= 0 or args.cld_lambda < 0:
-        raise UserError("--cld-clusters and --cld-iters must be >= 1, --cld-t > 0 and --cld-lambda >= 0")
-    return NPIDCLD(bank, model, args.low_dim, args.cld_clusters, args.cld_iters, args.cld_t, args.cld_lambda,
-                   args.channels_last)
+    return METHODS[getattr(args, "method", "npid")].build(args, n, model)
 
 
 class TwoViews:
@@ -76,6 +68,7 @@ def average_grads(params):
 
 class NPID(nn.Module):
     """One view, the instance loss against the bank, then the bank update with its features."""
+    SAMPLES_NEGATIVES = True  # --nce-k applies (an instance classifier scores every image instead)
 
     def __init__(self, bank, channels_last=False):
         super().__init__()
@@ -96,6 +89,20 @@ class NPID(nn.Module):
 
     def head_state(self):
         return {}
+
+    # each method owns its flags (declared in add_flags, defaulted and checked in finish) and its
+    # construction; the paper's own flags (the bank's: --nce-k/t/m, ...) are lib/options.py's
+    @classmethod
+    def add_flags(cls, p):
+        pass
+
+    @classmethod
+    def finish(cls, p, args, given):
+        pass
+
+    @classmethod
+    def build(cls, args, n, model):
+        return cls(build_bank(args, n), args.channels_last)
 
 
 def kmeans(x, k, iters):
@@ -180,6 +187,32 @@ class NPIDCLD(NPID):
     def load_head_state(self, sd):
         self.group.load_state_dict(sd)
 
+    @classmethod
+    def add_flags(cls, p):
+        g = p.add_argument_group("NPID+CLD (Wang, Liu, Yu, CVPR 2021; off by default)")
+        g.add_argument("--cld", action="store_true", help="add Cross-Level Discrimination: two views, a group head, "
+                       "batch k-means, the cross-level loss (lib/methods.py)")
+        g.add_argument("--cld-clusters", default=None, type=int,
+                       help="k-means clusters per batch (default: theirs, 200 for CIFAR-100, else 128 as for CIFAR-10)")
+        g.add_argument("--cld-iters", default=5, type=int, help="k-means iterations")
+        g.add_argument("--cld-t", default=0.2, type=float, help="temperature of the cross-level loss")
+        g.add_argument("--cld-lambda", default=1.0, type=float, help="weight of the cross-level loss")
+
+    @classmethod
+    def finish(cls, p, args, given):
+        # CLD's clusters per batch (train_cifar*_npid_cld.sh: --clusters 128 / 200). A run without --cld
+        # keeps 128, the value every checkpoint before this default was saved with.
+        args.parser_defaults["cld_clusters"] = 128
+        if args.cld_clusters is None:
+            args.cld_clusters = 200 if args.cld and getattr(args, "dataset", None) == "cifar100" else 128
+
+    @classmethod
+    def build(cls, args, n, model):
+        if args.cld_clusters < 1 or args.cld_iters < 1 or args.cld_t <= 0 or args.cld_lambda < 0:
+            raise UserError("--cld-clusters and --cld-iters must be >= 1, --cld-t > 0 and --cld-lambda >= 0")
+        return cls(build_bank(args, n), model, args.low_dim, args.cld_clusters, args.cld_iters, args.cld_t,
+                   args.cld_lambda, args.channels_last)
+
 
 def instance_logits(feature, weight, t, cosine):
     """B x N scores of the features against one weight vector per training image, divided by t:
@@ -240,3 +273,77 @@ class InstanceClassifier(NPID):
             raise UserError(f"the checkpoint's instance weights {got} do not fit this run's {tuple(self.weight.shape)}")
         with torch.no_grad():
             self.weight.copy_(sd["weight"])
+
+    # what each parametric method defaults to where its flag is not given (--inst-t, --inst-cosine,
+    # --inst-feature-norm), and its table's init: Eq. 1 has no temperature and no normalisation (the
+    # paper brings in both with its Eq. 2); PIC normalises features and weights at T 0.2
+    # (contrast/models/PIC.py, scripts/PIC.sh) and draws the table from N(0, 0.01)
+    DEFAULTS, INIT_STD, SAMPLES_NEGATIVES = None, None, False
+    INSTANCE_FLAGS = ("inst_t", "inst_cosine", "inst_feature_norm")
+
+    @classmethod
+    def add_flags(cls, p):
+        g = p.add_argument_group("parametric / pic: the instance classifier (lib/methods.py)")
+        g.add_argument("--inst-t", default=None, type=float,
+                       help="parametric / pic: temperature of the instance classifier (default: 1 for parametric, "
+                            "Eq. 1 has none; 0.2 for pic, PIC's scripts/PIC.sh)")
+        g.add_argument("--inst-cosine", default=None, action=argparse.BooleanOptionalAction,
+                       help="parametric / pic: L2-normalise the weight vectors too (default: off for parametric, on for pic)")
+        g.add_argument("--inst-feature-norm", default=None, action=argparse.BooleanOptionalAction,
+                       help="parametric / pic: score the L2-normalised feature (default: on for pic; off for parametric, "
+                            "Eq. 1 scores the head's output v = f(x); kNN and evaluation use the normalised one either way)")
+
+    @classmethod
+    def finish(cls, p, args, given):
+        if cls is InstanceClassifier:  # the flags' owner: refused with a method that has none
+            if not issubclass(METHODS[args.method], InstanceClassifier) and given & set(cls.INSTANCE_FLAGS):
+                p.error("--inst-t, --inst-cosine and --inst-feature-norm go with --method parametric or pic")
+            return
+        if args.method != cls.NAME:
+            return
+        bank_flags = [f for f in ("nce_k", "nce_loss", "prox") if f in given]
+        if bank_flags:
+            p.error(f"--method {args.method} classifies against one weight per image, no sampled negatives: "
+                    + "/".join("--" + f.replace("_", "-") for f in bank_flags) + ": NPID's flags, drop them")
+        for k, v in zip(cls.INSTANCE_FLAGS, cls.DEFAULTS):
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        if not math.isfinite(args.inst_t) or args.inst_t <= 0:
+            p.error(f"--inst-t must be > 0 (got {args.inst_t})")
+
+    @classmethod
+    def build(cls, args, n, model):  # the bank is the kNN monitor's only: features, never in the loss
+        bank = LinearAverage(args.low_dim, n, args.nce_t, args.nce_m)
+        return cls(bank, n, args.low_dim, args.inst_t, args.inst_cosine, init_std=cls.INIT_STD,
+                   channels_last=args.channels_last, model=None if args.inst_feature_norm else model)
+
+
+class Parametric(InstanceClassifier):
+    """The paper's parametric-softmax baseline (its Eq. 1)."""
+    NAME, DEFAULTS = "parametric", (1.0, False, False)
+
+
+class PIC(InstanceClassifier):
+    """Parametric Instance Classification (Cao et al., NeurIPS 2020)."""
+    NAME, DEFAULTS, INIT_STD = "pic", (0.2, True, True), 0.01
+
+
+# every method, by its --method name: a new method is its class above, registered here, and its test
+METHODS = {"npid": NPID, "cld": NPIDCLD, "parametric": Parametric, "pic": PIC}
+
+
+def _owners(name):
+    """The classes that define `name` themselves, over every method's ancestry, each once."""
+    return list(dict.fromkeys(c for m in METHODS.values() for c in reversed(m.__mro__) if name in vars(c)))
+
+
+def add_flags(p):
+    """Every method's own flags (lib/options.parser)."""
+    for c in _owners("add_flags"):
+        c.add_flags(p)
+
+
+def finish(p, args, given):
+    """Every method's defaults and checks of its flags (lib/options.parse); `given`: the flags typed."""
+    for c in dict.fromkeys([*_owners("finish"), *METHODS.values()]):
+        c.finish(p, args, given)

@@ -2,14 +2,8 @@
 import argparse
 import math
 
+from . import methods
 from .errors import UserError
-
-METHODS = ["npid", "cld", "parametric", "pic"]
-# what each parametric method defaults to where its flag is not given: (--inst-t, --inst-cosine,
-# --inst-feature-norm): Eq. 1 has no temperature and no normalisation (the paper brings in both with
-# its Eq. 2); PIC normalises features and weights at T 0.2 (contrast/models/PIC.py, scripts/PIC.sh)
-INSTANCE_DEFAULTS = {"parametric": (1.0, False, False), "pic": (0.2, True, True)}
-
 
 SEED_MAX = 2**63 - 1  # torch's generators take 64 bits: the seed plus a rank or an epoch still fits
 
@@ -133,27 +127,10 @@ def parser(description, defaults):
                    help="instance head before the L2 norm: Linear (paper); mlp = Linear-ReLU-Linear, hidden width = "
                    "backbone width (PIC's InstDisc, MoCo v2); mlp-bn = Linear-BN-ReLU-Linear")
 
-    g = p.add_argument_group("NPID+CLD (Wang, Liu, Yu, CVPR 2021; off by default)")
-    g.add_argument("--cld", action="store_true", help="add Cross-Level Discrimination: two views, a group head, "
-                   "batch k-means, the cross-level loss (lib/methods.py)")
-    g.add_argument("--cld-clusters", default=None, type=int,
-                   help="k-means clusters per batch (default: theirs, 200 for CIFAR-100, else 128 as for CIFAR-10)")
-    g.add_argument("--cld-iters", default=5, type=int, help="k-means iterations")
-    g.add_argument("--cld-t", default=0.2, type=float, help="temperature of the cross-level loss")
-    g.add_argument("--cld-lambda", default=1.0, type=float, help="weight of the cross-level loss")
-
     g = p.add_argument_group("the method (lib/methods.py; default: the paper's NPID)")
-    g.add_argument("--method", default="npid", choices=METHODS,
+    g.add_argument("--method", default="npid", choices=list(methods.METHODS),
                    help="npid: the paper; cld: NPID+CLD (= --cld); parametric: the paper's parametric-softmax "
                         "baseline (Eq. 1, a learned weight per image); pic: Parametric Instance Classification (Cao et al. 2020)")
-    g.add_argument("--inst-t", default=None, type=float,
-                   help="parametric / pic: temperature of the instance classifier (default: 1 for parametric, "
-                        "Eq. 1 has none; 0.2 for pic, PIC's scripts/PIC.sh)")
-    g.add_argument("--inst-cosine", default=None, action=argparse.BooleanOptionalAction,
-                   help="parametric / pic: L2-normalise the weight vectors too (default: off for parametric, on for pic)")
-    g.add_argument("--inst-feature-norm", default=None, action=argparse.BooleanOptionalAction,
-                   help="parametric / pic: score the L2-normalised feature (default: on for pic; off for parametric, "
-                        "Eq. 1 scores the head's output v = f(x); kNN and evaluation use the normalised one either way)")
     g.add_argument("--window-size", default=0, type=int,
                    help="PIC's sliding-window data scheduler: each epoch is a window of this many images "
                         "(0 = off; PIC.sh: 131072; with --cos), --epochs and --warmup-epochs given in passes over the "
@@ -163,6 +140,7 @@ def parser(description, defaults):
                    help="slide: the window moves over one order of all N images (PIC's paper); released: their "
                         "released sampler.py, whose modulo is the window size, so each window is a fresh random "
                         "draw of --window-size images, repeated every window/stride-th window")
+    methods.add_flags(p)  # each method's own flags (lib/methods.py)
 
     g = p.add_argument_group("evaluation")
     flag(g, RESUMABLE, "--knn-k", default=200, type=int, help="neighbours of the weighted kNN")
@@ -244,6 +222,16 @@ def add_run(p, checkpoint_help, seed_help="the seed"):
     return g
 
 
+def add_extraction(g, batch_size):
+    """The flags of the scripts that extract features (svm.py, retrieve.py): how, not what."""
+    flag(g, EXEC, "-b", "--batch-size", default=batch_size, type=int, help="images per forward of the feature extraction")
+    flag(g, EXEC, "-j", "--workers", default=workers(2), type=int,
+         help="data loading workers (default: at most the CPU cores)")
+    flag(g, EXEC, "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when present)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"],
+                   help="autocast the feature extraction; auto: bf16 on a CPU with native bfloat16, else off")
+
+
 def data_from_args(args):
     """args.dataset from add_data's flags: imagenet with DATA, else cifar10."""
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
@@ -282,13 +270,7 @@ def parse(p, argv=None):
     p.parse_args(argv, namespace=args)
     args.meta["defaults"] = {k: p.get_default(k) for k in vars(args)}
     if "method" in vars(args):
-        _method(p, args, argv)
-    if "cld_clusters" in vars(args):
-        # CLD's clusters per batch (train_cifar*_npid_cld.sh: --clusters 128 / 200). A run without --cld
-        # keeps 128, the value every checkpoint before this default was saved with.
-        args.parser_defaults["cld_clusters"] = 128
-        if args.cld_clusters is None:
-            args.cld_clusters = 200 if args.cld and getattr(args, "dataset", None) == "cifar100" else 128
+        _method(p, args)
     return args
 
 
@@ -317,8 +299,8 @@ def _explicit(p, argv):
             a.default = d
 
 
-def _method(p, args, argv):
-    """--cld is --method cld; a parametric method's defaults; flags of another method: one line."""
+def _method(p, args):
+    """--cld is --method cld; each method's own defaults and checks (lib/methods.py); PIC's window."""
     if args.cld and args.method not in ("npid", "cld"):
         p.error(f"--cld is --method cld, not --method {args.method}")
     if args.cld:
@@ -327,19 +309,7 @@ def _method(p, args, argv):
     # a checkpoint older than --method was npid or cld, and its own 'cld' key says which
     args.parser_defaults["method"] = args.method if args.method in ("npid", "cld") else "npid"
     given = args.meta["given"]
-    if args.method in INSTANCE_DEFAULTS:
-        bank_flags = [f for f in ("nce_k", "nce_loss", "prox") if f in given]
-        if bank_flags:
-            p.error(f"--method {args.method} classifies against one weight per image, no sampled negatives: "
-                    + "/".join("--" + f.replace("_", "-") for f in bank_flags) + ": NPID's flags, drop them")
-        t, cos, norm = INSTANCE_DEFAULTS[args.method]
-        args.inst_t = t if args.inst_t is None else args.inst_t
-        args.inst_cosine = cos if args.inst_cosine is None else args.inst_cosine
-        args.inst_feature_norm = norm if args.inst_feature_norm is None else args.inst_feature_norm
-        if not math.isfinite(args.inst_t) or args.inst_t <= 0:
-            p.error(f"--inst-t must be > 0 (got {args.inst_t})")
-    elif given & {"inst_t", "inst_cosine", "inst_feature_norm"}:
-        p.error("--inst-t, --inst-cosine and --inst-feature-norm go with --method parametric or pic")
+    methods.finish(p, args, given)  # each method's defaults, or its flags refused for another
     if args.window_size < 0 or args.window_stride < 1:
         p.error(f"--window-size must be >= 0 and --window-stride >= 1 (got {args.window_size}, {args.window_stride})")
     if "window_mode" in given and not args.window_size:

@@ -231,17 +231,18 @@ def resume_path(args, quiet=False):
     return latest, True
 
 
-def resume_hint(args, epoch, path, saved):
-    """What Ctrl-C says: the command that continues from the last saved epoch (`epoch`); `saved`:
-    this process saved it, at `path`, else it is the checkpoint the run started from."""
+def resume_hint(args, epoch, path, saved, what="the run"):
+    """What Ctrl-C says: the command that continues `what` from the last saved epoch (`epoch`);
+    `saved`: this process saved it, at `path`, else it is the checkpoint the run started from."""
+    resume = getattr(args, "resume", "")  # the evaluation scripts have no --resume
     if not epoch:
-        return "interrupted before the first epoch ended: nothing of this run was saved"
-    if not saved and args.resume:
-        return f"interrupted: nothing saved since '{args.resume}' (epoch {epoch}); the same command starts from it again"
-    if saved and (args.resume or args.no_auto_resume):
-        return (f"interrupted: epoch {epoch} is saved in '{path}'; the same command without --resume / "
+        return f"interrupted before the first epoch of {what} ended: nothing of it was saved"
+    if not saved and resume:
+        return f"interrupted: nothing saved since '{resume}' (epoch {epoch}); the same command starts from it again"
+    if saved and (resume or args.no_auto_resume):
+        return (f"interrupted: epoch {epoch} of {what} is saved in '{path}'; the same command without --resume / "
                 "--no-auto-resume continues from it")
-    return f"interrupted: the same command resumes from epoch {epoch} ('{path}')"
+    return f"interrupted: the same command resumes {what} from epoch {epoch} ('{path}')"
 
 
 def check_same_images(ck, path, images):

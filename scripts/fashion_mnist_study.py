@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cifar  # noqa: E402
-from lib import amp, features, knn, report, retrieval  # noqa: E402
+from lib import amp, checkpoint, features, knn, report, retrieval  # noqa: E402
 
 HOLDOUT, SUBSET, K, SIGMA, P_AT = 5000, 10000, 200, 0.1, 20
 # the quick start's flags (scripts/quickstart.sh), its --test-subset replaced by --holdout
@@ -95,6 +95,10 @@ def scores(bank, b_labels, query, q_labels):
     return float(top1), retrieval.precision_of(idx, q_labels, b_labels)
 
 
+def write_json(path, obj):
+    checkpoint.write_text_atomic(path, json.dumps(obj, indent=1) + "\n", "study file")
+
+
 def raw_pixels(loaders, a):
     path = os.path.join(a.out, "raw_pixels.json")
     if os.path.isfile(path):
@@ -103,7 +107,7 @@ def raw_pixels(loaders, a):
     (tb, tl), (qb, ql) = (report.pixels(ld, mean, std) for ld in loaders)
     k, p = scores(tb, tl, qb, ql)
     r = {"knn_top1": k, "p_at_20": p, "train": len(tl), "heldout": len(ql)}
-    json.dump(r, open(path, "w"), indent=1)
+    write_json(path, r)
     return r
 
 
@@ -144,7 +148,7 @@ def run_point(point, seed, a, amp_mode, loaders):
     r = score_run(os.path.join(d, "checkpoint.pth"), loaders, amp_mode)
     r.update(point=point, seed=seed, flags=POINTS[point], minutes=round(minutes, 2),
              cifar_py_knn=printed_knn(log), command=" ".join(cmd[1:]))
-    json.dump(r, open(res_path, "w"), indent=1)
+    write_json(res_path, r)
     print(f"  -> kNN {r['knn_top1']:.2f}  P@20 {r['p_at_20']:.2f}  ({minutes:.1f} min)", flush=True)
     return r
 
@@ -200,10 +204,8 @@ def main(argv=None):
                 rows.append(r)
             cpu = cpu_model()
             md = table(rows, raw, a, cpu, amp_mode)
-            with open(os.path.join(a.out, "study.md"), "w") as f:
-                f.write(md)
-            with open(os.path.join(a.out, "study.json"), "w") as f:
-                json.dump({"raw_pixels": raw, "runs": rows, "cpu": cpu, "amp": amp_mode}, f, indent=1)
+            checkpoint.write_text_atomic(os.path.join(a.out, "study.md"), md, "study table")
+            write_json(os.path.join(a.out, "study.json"), {"raw_pixels": raw, "runs": rows, "cpu": cpu, "amp": amp_mode})
     print(md)
 
 

@@ -132,7 +132,7 @@ def test_ctrl_c_says_where_the_same_command_resumes(cifar_dir, tmp_path, capsys,
     monkeypatch.setattr(engine, "train_one_epoch", stop_in_second)
     code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", tmp_path)
     assert code == 130
-    assert f"interrupted: the same command resumes from epoch 1 ('{tmp_path / 'checkpoint.pth'}')" in e
+    assert f"interrupted: the same command resumes the run from epoch 1 ('{tmp_path / 'checkpoint.pth'}')" in e
     code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", tmp_path,
                       "--no-auto-resume")
     assert code == 130 and "without --resume / --no-auto-resume continues from it" in e
