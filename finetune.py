@@ -416,13 +416,13 @@ def _run(args):
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
     top1, top5 = fit(args, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0, dim,
                      C, labelled, val, "test", run, autocast)
-    t5 = f"{top5:.2f}" if top5 is not None else "-"
-    print(f"finetune: top1={top1:.2f} top5={t5} (labels={args.labels or subset_tag}, recipe={args.recipe}, "
-          f"init={init}, lr={lr:.12g}, head_lr_mult={mult:.12g}, images={len(idx)}, test={len(val)})", flush=True)
     run.results({"test": {"top1": top1, "top5": top5}, "labels": args.labels or subset_tag, "init": init, "lr": lr,
                  "head_lr_mult": mult, "images": len(idx), "test_images": len(val),
                  "held_out_top1": [[a, b, v] for (a, b), v in held.items()] if grid else None})
     run.close()
+    t5 = f"{top5:.2f}" if top5 is not None else "-"
+    print(f"finetune: top1={top1:.2f} top5={t5} (labels={args.labels or subset_tag}, recipe={args.recipe}, "
+          f"init={init}, lr={lr:.12g}, head_lr_mult={mult:.12g}, images={len(idx)}, test={len(val)})", flush=True)
     du.cleanup(barrier=True)
     return top1, top5
 

@@ -397,13 +397,13 @@ def _run(args):
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
               run, sharded, channels)
+    run.results({"test": {name: {"top1": a, "top5": b} for name, (a, b) in res.items()}, "lr": lr,
+                 "held_out_top1": {f"{g:g}": v for g, v in held.items()} if args.grid else None})
+    run.close()
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"
     for name, (a, b) in res.items():
         top5 = f"{b:.2f}" if b is not None else "-"
         print(f"linear{'' if args.head == 'avgpool' else f'[{name}]'}: top1={a:.2f} top5={top5} {tail}", flush=True)
-    run.results({"test": {name: {"top1": a, "top5": b} for name, (a, b) in res.items()}, "lr": lr,
-                 "held_out_top1": {f"{g:g}": v for g, v in held.items()} if args.grid else None})
-    run.close()
     du.cleanup(barrier=True)
     return res
 

@@ -424,7 +424,7 @@ def page(args):
     for f in mine - rel:  # the last page's thumbnails and map that this one does not have
         if THUMB.fullmatch(f) or f == "map.png":
             os.remove(os.path.join(args.out, f))
-    run.results({"k": args.k, "queries": len(queries), "sources": [
+    run.results(say=False, figures={"k": args.k, "queries": len(queries), "sources": [
         dict(name=s["name"], path=s["path"], precision=s["precision"], knn_top1=s.get("knn_top1"), knn=s["knn"])
         for s in sources]})
     retrieval.write_manifest(args.out, dict(files=sorted(rel), dataset=args.dataset, k=args.k,

@@ -74,13 +74,13 @@ def train(args):
         print(f"epoch {epoch}: loss {total / n:.4f}  ({time.time() - t0:.1f} s; {progress.step()})", flush=True)
         run.log({"epoch": epoch, "train_loss": total / n, "epoch_time": time.time() - t0}, epoch)
     acc = accuracy(model, head, val_loader, device, args.nce_t)
+    run.results({"test": {"top1": acc}, "test_images": len(val_loader.dataset)})
     print(f"supervised: top1={acc:.2f} (the classifier on {len(val_loader.dataset)} test images)")
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     # this repo's checkpoint layout, without a memory bank: features.load_backbone reads it
     checkpoint.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
                       "head": head.state_dict(), "args": runs.plain_args(args), "supervised": True}, path)
     print(f"supervised: checkpoint '{path}'")
-    run.results({"test": {"top1": acc}, "test_images": len(val_loader.dataset)})
     run.close()
 
 

@@ -189,14 +189,13 @@ def run(args):
         print(("lowshot: " if not tail else "lowshot partial: ") + " ".join(f"k={k}:{r['mean']:.2f}" for k, r in res.items()) + tail)
         results["lowshot"] = {str(k): {m: r[m] for m in ("mean", "min", "max", "std", "cost")} for k, r in res.items()}
         results["lowshot_partial"] = bool(tail)
-    run.results(results)
+    run.results(results, say=False)  # its figures are already printed, each with its time
 
 
 def start_run(args, sha256, device):
     """The run's folder (config.json now, results.json at the end), before any feature is computed."""
     who = sha256[:12] if sha256 else "pixels"
     folder = args.checkpoint_dir or os.path.join("checkpoints", "svm", f"{args.dataset}-{args.layer if sha256 else 'pixels'}-{who}")
-    print(f"=> config.json and results.json in '{folder}'")
     return runs.Run(folder, "svm.py", args, {"sha256": sha256}).start(device, tensorboard=False)
 
 

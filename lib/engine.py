@@ -59,7 +59,7 @@ def check_args(args, n_train, labelled=True):
         raise UserError(f"--nce-t and --knn-t must be > 0 (got {args.nce_t}, {args.knn_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
-    parametric = not METHODS[args.method].SAMPLES_NEGATIVES  # an instance classifier: no --nce-k
+    parametric = not METHODS[getattr(args, "method", "npid")].SAMPLES_NEGATIVES  # an instance classifier: no --nce-k
     if args.nce_k < 0 and not parametric:
         raise UserError(f"--nce-k must be >= 0 (got {args.nce_k})")
     if args.nce_k >= n_train and not args.evaluate and not parametric:
@@ -349,22 +349,16 @@ def final_evaluation(args, s, run, baselines):
     bank, step = s.method.bank, args.epochs * images_per_epoch(s)
     if not s.labelled:
         final = {"bank_uniformity": knn.uniformity(bank.memory)}
-        print(f" * final: the bank's uniformity {final['bank_uniformity']:.4f} (no labels: no kNN); "
-              f"checkpoint: {os.path.join(args.checkpoint_dir, 'checkpoint.pth')}")
         run.log({"final": True, "epoch": args.epochs, **{"final_" + k: v for k, v in final.items()}}, step)
         run.results({"final": final})
+        print(f" * final: the bank's uniformity {final['bank_uniformity']:.4f} (no labels: no kNN); "
+              f"checkpoint: {os.path.join(args.checkpoint_dir, 'checkpoint.pth')}")
         return final
     final, feats = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, "recompute", s.autocast)
-    extra = {}
-    sigma = knn_sigma(args)
+    extra, sigma = {}, knn_sigma(args)
     if s.task.final_source == "bank":
         extra = {"recomputed_" + k: v for k, v in final.items()}
         final, _ = evaluate(s.model, bank, s.train_labels, s.loaders, s.task, args, s.device, "bank", s.autocast)
-        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, memory bank) {fmt(final)}")
-        print(f"   (recomputed features: Top1: {extra['recomputed_knn_top1']:.2f}  "
-              f"1-NN Top1: {extra['recomputed_nn_top1']:.2f})")
-    else:
-        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, recomputed features) {fmt(final)}")
     run.log({"final": True, "epoch": args.epochs, "final_source": s.task.final_source,
              **{"final_" + k: v for k, v in final.items()}, **extra, **baselines}, step)
     if du.is_main_process() and args.retrievals:
@@ -373,11 +367,17 @@ def final_evaluation(args, s, run, baselines):
         torchvision.utils.save_image(grid, os.path.join(args.checkpoint_dir, "retrievals.png"))
         run.writer.add_image("retrievals", grid, step)
         print(f" * retrievals: {os.path.join(args.checkpoint_dir, 'retrievals.png')}")
+    run.results({"final": final, "final_source": s.task.final_source, "knn_k": args.knn_k, "knn_t": sigma, **extra,
+                 **({"baselines": baselines} if baselines else {})})
+    if s.task.final_source == "bank":
+        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, memory bank) {fmt(final)}")
+        print(f"   (recomputed features: Top1: {extra['recomputed_knn_top1']:.2f}  "
+              f"1-NN Top1: {extra['recomputed_nn_top1']:.2f})")
+    else:
+        print(f" * final kNN (k={args.knn_k}, sigma={sigma}, recomputed features) {fmt(final)}")
     if baselines:
         print(f"summary: learned={final['knn_top1']:.1f} random_init={baselines['random_init']:.1f} "
               f"raw_pixels={baselines['raw_pixels']:.1f}")
-    run.results({"final": final, "final_source": s.task.final_source, "knn_k": args.knn_k, "knn_t": sigma, **extra,
-                 **({"baselines": baselines} if baselines else {})})
     return final
 
 

@@ -38,7 +38,8 @@ def build_method(args, n, model):
     """The --method's module (METHODS, at the end of this file) for n training images."""
     if getattr(args, "warmup_epochs", 0) < 0:
         raise UserError(f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})")
-    return METHODS[getattr(args, "method", "npid")].build(args, n, model)
+    method = getattr(args, "method", "cld" if getattr(args, "cld", False) else "npid")  # args of one's own: --cld
+    return METHODS[method].build(args, n, model)
 
 
 class TwoViews:

@@ -235,13 +235,16 @@ def resume_hint(args, epoch, path, saved, what="the run"):
     """What Ctrl-C says: the command that continues `what` from the last saved epoch (`epoch`);
     `saved`: this process saved it, at `path`, else it is the checkpoint the run started from."""
     resume = getattr(args, "resume", "")  # the evaluation scripts have no --resume
+    if not epoch and what != "the run":  # a training of several (a grid's): the finished ones are kept
+        return (f"interrupted before the first epoch of {what} ended; the same command continues the trainings "
+                "it finished and starts this one again")
     if not epoch:
         return f"interrupted before the first epoch of {what} ended: nothing of it was saved"
     if not saved and resume:
         return f"interrupted: nothing saved since '{resume}' (epoch {epoch}); the same command starts from it again"
     if saved and (resume or args.no_auto_resume):
-        return (f"interrupted: epoch {epoch} of {what} is saved in '{path}'; the same command without --resume / "
-                "--no-auto-resume continues from it")
+        flags = " / ".join(f for f, on in (("--resume", resume), ("--no-auto-resume", args.no_auto_resume)) if on)
+        return f"interrupted: epoch {epoch} of {what} is saved in '{path}'; the same command without {flags} continues from it"
     return f"interrupted: the same command resumes {what} from epoch {epoch} ('{path}')"
 
 
@@ -391,13 +394,15 @@ class Run:
                     self.writer.add_scalar(("final/" if stats.get("final") else "epoch/") + k, v, step)
             self.writer.flush()
 
-    def results(self, figures):
-        """results.json: the figures the script prints last, as printed (and the time the run took)."""
+    def results(self, figures, say=True):
+        """results.json: the figures the script prints last (called just before it prints them, so they
+        stay the last lines), and the time the run took, said in a line (`say`)."""
         if self.main:
             out = {"script": self.script, **figures, "seconds": round(time.time() - self.t0, 1)}
             checkpoint.write_text_atomic(os.path.join(self.dir, "results.json"),
                                          json.dumps(out, indent=1, default=str) + "\n", "results file")
-        print(f"total time {elapsed(time.time() - self.t0)}")
+        if say:
+            print(f"total time {elapsed(time.time() - self.t0)}")
 
     def close(self):
         if self.writer:

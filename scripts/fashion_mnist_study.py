@@ -40,6 +40,8 @@ POINTS = {
     "flip": ["--flip"],
     "crop0.5": ["--crop-min", "0.5"],
     "crop0.8": ["--crop-min", "0.8"],
+    "crop1.0": ["--crop-min", "1.0"],
+    "crop0.8+nojitter": ["--crop-min", "0.8", "--jitter", "0"],
     "nojitter": ["--jitter", "0"],
     # filled in from the results of the augmentation points (the best of them, combined)
     "flip+crop0.5": ["--flip", "--crop-min", "0.5"],
@@ -47,7 +49,7 @@ POINTS = {
     "crop0.5+nojitter": ["--crop-min", "0.5", "--jitter", "0"],
     "flip+nojitter": ["--flip", "--jitter", "0"],
 }
-for _aug in ("flip+crop0.5", "crop0.5", "flip", "flip+crop0.5+nojitter"):
+for _aug in ("crop0.8", "flip+crop0.5", "crop0.5", "flip", "flip+crop0.5+nojitter"):
     for _t in ("0.05", "0.2"):
         POINTS[f"{_aug}+t{_t}"] = POINTS[_aug if _aug in POINTS else "baseline"] + ["--nce-t", _t]
     POINTS[f"{_aug}+w32"] = POINTS[_aug] + ["--width", "32"]
