@@ -87,7 +87,7 @@ def check_args(args):
     if args.layer not in features.LAYERS:
         raise UserError(f"unknown --layer '{args.layer}' (choose from {', '.join(features.LAYERS)})")
     low = [f"{flag} {v} (must be >= {m})" for flag, v, m in (
-        ("--folds", args.folds, 2), ("--samples", args.samples, 1), ("--jobs", args.jobs, 1), ("--knn-k", args.knn_k, 0),
+        ("--folds", args.folds, 2), ("--samples", args.samples, 1), ("--jobs", args.jobs, 1), ("--knn-k / --knn", args.knn_k, 0),
         ("-b", args.batch_size, 1), ("-j", args.workers, 0), ("--train-subset", args.train_subset, 0),
         ("--svm-train-subset", args.svm_train_subset, 0), ("--test-subset", args.test_subset, 0)) if v < m]
     if low:

@@ -14,36 +14,39 @@ def cpu_bf16():
 
 
 def resolve(amp, device_type):
-    """(the --amp value to run with, a line to print or None): what auto chose, or a warning where
-    the value asked for is emulated on this CPU (slower than float32, not faster)."""
-    isa = cpu_bf16() if device_type == "cpu" else None
-    if amp == "fp16" and device_type == "cpu":
-        return amp, ("warning: --amp fp16 on a CPU is emulated, measured 7-15x slower than float32 (docs/performance.md); "
-                     "--amp off, or --amp auto for bf16 where the CPU has it")
-    if amp == "bf16" and device_type == "cpu" and not isa:
-        return amp, ("warning: --amp bf16 on this CPU (no native bfloat16) is emulated, 8-12x slower than float32 "
-                     "(measured: docs/performance.md); --amp off, or --amp auto")
+    """(the --amp value to run with, the line that says what auto chose; None unless auto)."""
     if amp != "auto":
         return amp, None
+    isa = cpu_bf16() if device_type == "cpu" else None
     if isa:
         return "bf16", f"amp: --amp auto -> bf16 (this CPU has {isa}: the CPU fast path, docs/performance.md)"
     why = "no native bfloat16 on this CPU" if device_type == "cpu" else f"auto is the CPU's fast path; on {device_type} pass --amp bf16|fp16"
     return "off", f"amp: --amp auto -> off ({why})"
 
 
+def warning(amp, device_type):
+    """The line a value asked for gets where it is emulated on this CPU (slower than float32), or None."""
+    if amp == "fp16" and device_type == "cpu":
+        return ("warning: --amp fp16 on a CPU is emulated, measured 7-15x slower than float32 (docs/performance.md); "
+                "--amp off, or --amp auto for bf16 where the CPU has it")
+    if amp == "bf16" and device_type == "cpu" and not cpu_bf16():
+        return ("warning: --amp bf16 on this CPU (no native bfloat16) is emulated, 8-12x slower than float32 "
+                "(measured: docs/performance.md); --amp off, or --amp auto")
+    return None
+
+
 def resolve_said(amp, device_type):
-    """resolve(), its line printed: the value a script records and runs with."""
+    """resolve(), what it chose and any warning printed: the value a script records and runs with."""
     value, note = resolve(amp, device_type)
-    if note:
-        print(note)
+    for line in (note, warning(value, device_type)):
+        if line:
+            print(line)
     return value
 
 
 def setup(amp, device_type):
-    """(the value resolve() gives, its autocast factory), its line printed: the evaluation scripts' --amp."""
-    value, note = resolve(amp, device_type)
-    if note:
-        print(note)
+    """(the value resolve_said() gives, its autocast factory): the evaluation scripts' --amp."""
+    value = resolve_said(amp, device_type)
     return value, autocast_for(value, device_type)
 
 

@@ -55,8 +55,10 @@ def check_args(args, n_train, labelled=True):
         export.check_target(args.export_features, "--export-features", [resume_path(args)[0]], args.force)
     if args.low_dim < 1 or args.batch_size < 1 or args.epochs < 0 or args.iter_size < 1 or args.eval_every < 1:
         raise UserError("--low-dim, -b, --iter_size and --eval-every must be >= 1 and --epochs >= 0")
-    if args.nce_t <= 0 or knn_sigma(args) <= 0:
-        raise UserError(f"--nce-t and --knn-t must be > 0 (got {args.nce_t}, {args.knn_t})")
+    if args.nce_t <= 0:
+        raise UserError(f"--nce-t must be > 0 (got {args.nce_t})")
+    if knn_sigma(args) <= 0:
+        raise UserError(f"--knn-t must be > 0 (got {args.knn_t})")
     if not 0 <= args.nce_m < 1:
         raise UserError(f"--nce-m must be in [0, 1) (got {args.nce_m})")
     parametric = not METHODS[getattr(args, "method", "npid")].SAMPLES_NEGATIVES  # an instance classifier: no --nce-k
@@ -183,9 +185,10 @@ def fmt(res):
 
 # --- the whole run ------------------------------------------------------------------------
 
-def run(args, make_task, script):
-    """make_task() -> Task; `script` names the run's folder's maker (config.json). Any UserError on
-    the way is one line on stderr and exit status 2."""
+def run(args, make_task, script=None):
+    """make_task() -> Task; `script` names the run's folder's maker (config.json; default: cifar.py
+    for its flags, else main.py). Any UserError on the way is one line on stderr and exit status 2."""
+    script = script or ("cifar.py" if "dataset" in vars(args) else "main.py")
     return exit_on_error(_run, args, make_task, script, cleanup=du.cleanup)  # I/O faults too: see lib/errors.py
 
 
@@ -209,12 +212,12 @@ class Setup:
 
 
 def _run(args, make_task, script):
-    run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir)
     if not args.evaluate:
-        run.check_owner()  # before anything is resumed
+        runs.Run(args.checkpoint_dir, script, args).check_owner()  # before anything is resumed
     s = setup(args, make_task)
     if args.evaluate:
         return evaluate_only(args, s)
+    run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir)
     # TensorBoard's step: images seen (whatever the batch); an interrupted epoch's points are purged
     run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s))
     baselines = {}
@@ -238,10 +241,8 @@ def images_per_epoch(s):
 def setup(args, make_task):
     du.init_distributed_mode(args)
     device = torch.device(args.device)
-    args.amp, note = amp.resolve(args.amp, device.type)  # --amp auto: what it chose is what is recorded
     print(f"git: {git_sha()}")
-    if note:
-        print(note)
+    args.amp = amp.resolve_said(args.amp, device.type)  # --amp auto: what it chose is what is recorded
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
     task = make_task()
     n = len(task.train)

@@ -202,12 +202,12 @@ def test_every_flag_has_help_and_the_examples_stay_intact(mod, capsys):
     assert all(l in text for l in examples), mod.__name__
 
 
-def test_emulated_autocast_on_a_cpu_is_said(monkeypatch):
-    value, note = amp.resolve("fp16", "cpu")
-    assert value == "fp16" and note.startswith("warning: --amp fp16 on a CPU is emulated")
+def test_emulated_autocast_on_a_cpu_is_said(monkeypatch, capsys):
+    assert amp.resolve_said("fp16", "cpu") == "fp16"
+    assert capsys.readouterr().out.startswith("warning: --amp fp16 on a CPU is emulated")
     monkeypatch.setattr(amp, "cpu_bf16", lambda: None)
-    assert amp.resolve("bf16", "cpu")[1].startswith("warning: --amp bf16 on this CPU (no native bfloat16)")
-    assert amp.resolve("bf16", "cuda") == ("bf16", None) and amp.resolve("off", "cpu") == ("off", None)
+    assert amp.warning("bf16", "cpu").startswith("warning: --amp bf16 on this CPU (no native bfloat16)")
+    assert amp.warning("bf16", "cuda") is None and amp.warning("off", "cpu") is None
 
 
 def test_retrieve_checks_a_compared_file_before_extracting(trained, cifar_dir, tmp_path, capsys):

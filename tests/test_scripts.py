@@ -153,8 +153,9 @@ BAD = [
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/missing.pth", "--test-only"], "no checkpoint file at"),
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/corrupt.pth", "--test-only"], "not a readable checkpoint"),
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/foreign.pth", "--test-only"], "not an NPID checkpoint"),
-    ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only"], "holds a ResNet10 but --arch is ResNet18"),
-    ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only", "--arch", "ResNet10"], "does not fit --arch ResNet10"),
+    # -e takes the network from the checkpoint; a flag given that disagrees with it is refused
+    ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only", "--arch", "ResNet18"], "holds a ResNet10 but --arch is ResNet18"),
+    ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--test-only", "--arch", "ResNet10", "--width", "64"], "does not fit --arch ResNet10"),
     ("cifar.py", ["--data", "{cifar}", "--resume", "{tmp}/r10.pth", "--arch", "ResNet10", "--width", "8", "--nce-k", "0"], "--nce-k 16 -> 0"),  # the run identity, before the bank's type
     ("cifar.py", ["--data", "{tmp}/nocifar", "--no-download"], "CIFAR10 not found"),
     ("cifar.py", ["--data", "{tmp}/nocifar", "--dataset", "cifar100", "--no-download"], "CIFAR100 not found"),
