@@ -306,11 +306,11 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
 
 # --- cached features ------------------------------------------------------------------------
 
-def cached(args, backbone, split, dataset, layers, pool, autocast, amp_mode):
+def cached(args, backbone, split, dataset, layers, pool, autocast):
     """{layer: N x D}, labels of `dataset` (val transform), from --cache-dir when it matches."""
     meta = dict(pretrained=args.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
                 split=split, n=len(dataset), subset=[args.train_subset, args.test_subset], layers=list(layers),
-                pool=pool or "", amp=amp_mode, version=2)  # 2: val labelled by train's class names
+                pool=pool or "", amp=args.amp, version=2)  # 2: val labelled by train's class names
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
     c = checkpoint.read(path, "feature cache") if os.path.isfile(path) else {}
@@ -333,13 +333,13 @@ def cached(args, backbone, split, dataset, layers, pool, autocast, amp_mode):
 
 # --- the run --------------------------------------------------------------------------------
 
-def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode):
+def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
     """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
     training set (eval on the un-augmented images), 'final' = whole training set / test set."""
     fit_idx, held_idx = data.holdout_split(len(train), args.holdout, args.seed)
     if args.cached:
-        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast, amp_mode)
-        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast, amp_mode)
+        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast)
+        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast)
         batches = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
         all_train, all_val = range(len(train_labels)), range(len(val_labels))
         parts = {"grid": lambda: (batches(train_feats, train_labels, fit_idx, True),
@@ -376,14 +376,14 @@ def _run(args):
     channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
-    amp_mode, autocast = args.amp, amp.autocast_for(args.amp, torch.device(args.device).type)
+    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)  # args.amp: resolved in _run
     run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": args.sha256}, du.is_main_process(),
                    args.log_dir).check_owner()
     for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, tag, g, C))
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
     run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
-    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast, amp_mode)
+    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr
     if args.grid:  # chosen on held-out training images, never on the test set

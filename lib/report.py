@@ -12,10 +12,11 @@ def denormalize(x, mean, std):
     return x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
 
 
-def tensorboard(log_dir):
-    """The run's TensorBoard writer, its folder checked writable first (one line if it is not)."""
+def tensorboard(log_dir, purge_step=None):
+    """The run's TensorBoard writer, its folder checked writable first (one line if it is not);
+    `purge_step`: a resumed run's scalars from there on are hidden (they are written again)."""
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(checkpoint.check_writable_dir(log_dir, "--log-dir"))
+    return SummaryWriter(checkpoint.check_writable_dir(log_dir, "--log-dir"), purge_step=purge_step)
 
 
 @torch.no_grad()

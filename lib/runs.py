@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from . import checkpoint, options
+from . import checkpoint, options, report
 from .errors import UserError, brief
 
 
@@ -356,8 +356,7 @@ class Run:
         if resumed_epoch is not None:
             self.keep_log(lambda d: not d.get("final") and isinstance(d.get("epoch"), int) and d["epoch"] < resumed_epoch)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(checkpoint.check_writable_dir(self.log_dir, "--log-dir"), purge_step=purge_step)
+            self.writer = report.tensorboard(self.log_dir, purge_step)
         return self
 
     def check_owner(self):

@@ -44,8 +44,8 @@ def main(argv=None):
     dims = features.tap_dims(backbone, layers, size, "mhead")
     channels = features.tap_channels(backbone, layers, size)
     autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
-    trf, trl = linear.cached(args, backbone, "train", train_eval, layers, "mhead", autocast, args.amp)
-    vaf, val_l = linear.cached(args, backbone, "val", val, layers, "mhead", autocast, args.amp)
+    trf, trl = linear.cached(args, backbone, "train", train_eval, layers, "mhead", autocast)
+    vaf, val_l = linear.cached(args, backbone, "val", val, layers, "mhead", autocast)
     print(f"{info['arch']} '{args.pretrained}': " + ", ".join(f"{n} {channels[n]} ch, {dims[n]}-d" for n in layers)
           + f"; {len(trl)} train, {len(val_l)} test images; lr {args.lr}, {args.epochs} epochs", flush=True)
     results = {}
