@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -25,7 +24,8 @@ from datasets.folder import check_val_classes
 from datasets.subset import draw_per_class, parse_labels, read_subset_file, write_subset_file
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, engine, errors, features, knn, options, runs
+from lib import amp, data, engine, features, knn, options, runs
+from lib import fit as trainer
 from lib.errors import UserError, brief, exit_on_error
 
 RECIPES = {
@@ -283,49 +283,31 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, aut
     optimizer = make_optimizer(model, lr, mult, args)
     scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16" and args.device.startswith("cuda"))
     path, run_id = run_file(args, tag, setting, C)
-    start, result = 0, None
     ck = read_run(args, path, run_id)
-    if ck is not None:
-        runs.load_states(path, [(model, ck["model"]), (optimizer, ck["optimizer"])]
-                         + ([(scaler, ck["scaler"])] if "scaler" in ck else []))
-        start, result = ck["epoch"], ck.get("result")
-        print(f"=> [{tag}] resumed from '{path}' at epoch {start}" + (" (finished)" if start == args.epochs else ""))
-    run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
     train_model = model
-    if args.sync_bn:
+    if args.sync_bn:  # the same state_dict keys: a checkpoint loads into either
         train_model = model = engine.sync_batchnorm(model, args, torch.device(args.device))
     if args.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(args.device).index] if args.device.startswith("cuda") else None)
     train_loader, eval_loader = data.loader_for(train_ds, args, True), data.loader_for(eval_ds, args, False)
-    progress = runs.Progress(args.epochs, start)
-    errors.on_interrupt(runs.resume_hint(args, start, path, True, f"[{tag}]"))
-    for epoch in range(start, args.epochs):
+
+    def epoch_fn(epoch):
         f = set_epoch_lr(optimizer, epoch, args)
-        t0 = time.time()
         loss = train_epoch(train_model, train_loader, optimizer, epoch, args, autocast, scaler)
-        stats = {"tag": tag, "epoch": epoch, "lr": float(f"{lr * f:.6g}"), "head_lr": float(f"{lr * mult * f:.6g}"), "loss": round(loss, 6),
-                 "seconds": round(time.time() - t0, 1)}
-        last = epoch + 1 == args.epochs
+        stats = {"lr": float(f"{lr * f:.6g}"), "head_lr": float(f"{lr * mult * f:.6g}"), "loss": round(loss, 6)}
+        result, last = None, epoch + 1 == args.epochs
         if last or (args.eval_every and (epoch + 1) % args.eval_every == 0):
             du.broadcast_model(model)  # every rank scores rank 0's network, the one saved (BN statistics too)
             result = evaluate(model, eval_loader, args, autocast, C)
             stats.update({"split": what, "top1": result[0], "top5": result[1]})
-        print(f" * [{tag}] epoch {epoch} lr {lr * f:g} head lr {lr * mult * f:g} loss {loss:.4f}"
-              + (f" {what} top1 {result[0]:.2f}" if "top1" in stats else "") + f" ({stats['seconds']} s; "
-              f"{progress.step()})", flush=True)
-        if du.is_main_process():
-            state = {"args": run_id, "epoch": epoch + 1, "model": features.unwrap(model).state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "result": list(result) if last else None, "arch": args.arch_name}
-            run.log(stats, None)  # first: cut before the checkpoint, the resume drops this line (keep_log)
-            checkpoint.save_atomic(state, path)
-            run.writer.add_scalar(f"{tag}/loss", loss, epoch)
-            if "top1" in stats:
-                run.writer.add_scalar(f"{tag}/{what}_top1", result[0], epoch)
-            run.writer.flush()
-            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))
-    errors.on_interrupt(None)
+        text = f"lr {lr * f:g} head lr {lr * mult * f:g} loss {loss:.4f}" + (f" {what} top1 {result[0]:.2f}" if result else "")
+        scalars = {"loss": loss, **({f"{what}_top1": result[0]} if result else {})}
+        return text, stats, scalars, list(result) if last else None
+
+    result = trainer.fit(args, run, path, run_id, tag,
+                         {"model": features.unwrap(model), "optimizer": optimizer, "scaler": scaler}, epoch_fn, ck,
+                         {"arch": args.arch_name})
     if result is None:  # a finished checkpoint without its figure
         raise UserError(f"'{path}' is finished but holds no result; use --no-auto-resume to train it again")
     return tuple(result)
@@ -410,7 +392,7 @@ def _run(args):
             held[(g_lr, g_m)] = fit(args, "grid-" + tag_of(g_lr, g_m), (g_lr, g_m), backbone0, dim, C,
                                     InstanceSubset(labelled, fit_pos), InstanceSubset(labelled_eval, held_pos),
                                     "held-out", run, autocast)[0]
-        lr, mult = max(held, key=held.get)  # ties: the first in grid order
+        lr, mult = trainer.choose(held)
         print("grid: held-out top1 " + ", ".join(f"lr {a:g} x{b:g}: {v:.2f}" for (a, b), v in held.items())
               + f"; chosen lr {lr:g}, head lr multiplier {mult:g} ({len(held_pos)} held-out images)")
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now

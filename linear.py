@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -19,7 +18,8 @@ from torchvision import transforms
 from datasets import InstanceSubset, num_classes, registry
 from lib import checkpoint
 from lib import dist as du
-from lib import amp, data, errors, features, knn, options, runs
+from lib import amp, data, features, knn, options, runs
+from lib import fit as trainer
 from lib.errors import UserError, exit_on_error
 
 PROTOCOLS = {"avgpool": dict(lr=30.0, weight_decay=0.0, epochs=100, schedule="60,80", nesterov=False),
@@ -268,40 +268,23 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                           nesterov=args.nesterov)
     path, run_id = head_file(args, tag, lr, num_classes)
-    start, res = 0, None
-    ck = read_head(args, path, run_id)
-    if ck is not None:
-        runs.load_states(path, [(head, ck["head"]), (opt, ck["optimizer"])], "head")
-        start, res = ck["epoch"], {k: tuple(v) for k, v in ck["result"].items()}
-        print(f"=> [{tag}] resumed from '{path}' at epoch {start}")
-    run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
-    progress = runs.Progress(args.epochs, start)
-    errors.on_interrupt(runs.resume_hint(args, start, path, True, f"[{tag}]"))
-    for epoch in range(start, args.epochs):
+
+    def epoch_fn(epoch):
         lr_now = lr * 0.1 ** sum(epoch >= m for m in args.milestones)
         for g in opt.param_groups:
             g["lr"] = lr_now
-        t0 = time.time()
         loss = train_epoch(train_head, train_b, opt, epoch, args)
-        if epoch == start:  # after the first epoch: the backbone (BN buffers included) is untouched
-            check_frozen(backbone, reference)
+        check_frozen(backbone, reference)  # the backbone (BN buffers included) is untouched
         res = evaluate(head, val_b, num_classes, sharded)
-        print(f" * [{tag}] epoch {epoch} lr {lr_now:g} loss {loss:.4f} {fmt(res)} ({time.time() - t0:.1f} s; "
-              f"{progress.step()})", flush=True)
-        if du.is_main_process():  # the log first: cut before the checkpoint, the resume drops this line
-            run.log({"tag": tag, "epoch": epoch, "lr": lr_now, "loss": loss, "seconds": round(time.time() - t0, 1),
-                     **{n: {"top1": a, "top5": b} for n, (a, b) in res.items()}}, None)
-            checkpoint.save_atomic({"args": run_id, "epoch": epoch + 1, "head": head.state_dict(),
-                                    "optimizer": opt.state_dict(), "result": {k: list(v) for k, v in res.items()}}, path)
-            run.writer.add_scalar(f"{tag}/loss", loss, epoch)
-            for n, (a, b) in res.items():
-                run.writer.add_scalar(f"{tag}/{n}_top1", a, epoch)
-                if b is not None:
-                    run.writer.add_scalar(f"{tag}/{n}_top5", b, epoch)
-            run.writer.flush()
-            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))
-    errors.on_interrupt(None)
-    return res
+        scalars = {"loss": loss, **{f"{n}_top1": a for n, (a, _) in res.items()},
+                   **{f"{n}_top5": b for n, (_, b) in res.items() if b is not None}}
+        return (f"lr {lr_now:g} loss {loss:.4f} {fmt(res)}",
+                {"lr": lr_now, "loss": loss, **{n: {"top1": a, "top5": b} for n, (a, b) in res.items()}},
+                scalars, {k: list(v) for k, v in res.items()})
+
+    res = trainer.fit(args, run, path, run_id, tag, {"head": head, "optimizer": opt}, epoch_fn,
+                      read_head(args, path, run_id))
+    return {k: tuple(v) for k, v in res.items()}
 
 
 # --- cached features ------------------------------------------------------------------------
@@ -392,7 +375,7 @@ def _run(args):
             res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], run, sharded,
                       channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
-        lr = max(held, key=held.get)
+        lr = trainer.choose(held)
         print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
               + f"; chosen lr {lr:g}")
     res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],

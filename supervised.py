@@ -5,7 +5,6 @@ linear classifier on the 128-d embedding) instead of instance discrimination. Sa
 similarities). `--epochs 0` writes the untrained network (the same init as cifar.py's, same seed).
   python supervised.py --dataset fashion-mnist --train-subset 10000 --arch ResNet10 --width 16 --cos --epochs 40"""
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 import cifar
 from lib import checkpoint
 from lib import data, engine, knn, runs
+from lib import fit as trainer
 from lib import dist as du
 from lib.errors import UserError, exit_on_error
 
@@ -54,10 +54,17 @@ def train(args):
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=args.momentum,
                           weight_decay=args.weight_decay)
     train_loader, _, val_loader = data.make_loaders(task, args)
-    run = runs.Run(args.checkpoint_dir, "supervised.py", args).start(device, resumed_epoch=0)
-    progress = runs.Progress(args.epochs)
-    for epoch in range(args.epochs):
-        t0, total, n = time.time(), 0.0, 0
+    path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
+    run_id = runs.identity(args, supervised=True)
+    run = runs.Run(args.checkpoint_dir, "supervised.py", args).check_owner()
+    # this repo's checkpoint layout, without a memory bank (features.load_backbone reads it), resumable
+    ck = runs.read_continued(args, path, run_id, "supervised checkpoint", {"state_dict": dict, "head": dict,
+                             "optimizer": dict, "epoch": int}, "supervised", "supervised.py")
+    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
+    run.start(device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
+
+    def epoch_fn(epoch):
+        total, n = 0.0, 0
         train_loader.sampler.set_epoch(epoch)
         engine.set_lr(opt, task.lr_at(epoch, args))
         for images, targets, _ in train_loader:
@@ -71,16 +78,17 @@ def train(args):
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(targets), n + len(targets)
-        print(f"epoch {epoch}: loss {total / n:.4f}  ({time.time() - t0:.1f} s; {progress.step()})", flush=True)
-        run.log({"epoch": epoch, "train_loss": total / n, "epoch_time": time.time() - t0}, epoch)
+        return f"loss {total / n:.4f}", {"train_loss": total / n}, {"loss": total / n}, None
+
+    objects = {"state_dict": model, "head": head, "optimizer": opt, "rng": trainer.GlobalRNG()}
+    trainer.fit(args, run, path, run_id, "train", objects, epoch_fn, ck, {"arch": args.arch, "supervised": True})
+    if args.epochs == 0:  # the untrained network, saved all the same
+        checkpoint.save_atomic({"args": run_id, "epoch": 0, **{k: o.state_dict() for k, o in objects.items()},
+                                "arch": args.arch, "supervised": True}, path)
+    print(f"supervised: checkpoint '{path}'")
     acc = accuracy(model, head, val_loader, device, args.nce_t)
     run.results({"test": {"top1": acc}, "test_images": len(val_loader.dataset)})
     print(f"supervised: top1={acc:.2f} (the classifier on {len(val_loader.dataset)} test images)")
-    path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
-    # this repo's checkpoint layout, without a memory bank: features.load_backbone reads it
-    checkpoint.save_atomic({"epoch": args.epochs, "arch": args.arch, "state_dict": model.state_dict(),
-                      "head": head.state_dict(), "args": runs.plain_args(args), "supervised": True}, path)
-    print(f"supervised: checkpoint '{path}'")
     run.close()
 
 

@@ -85,6 +85,14 @@ def call(fn, capsys, *argv):
     return code, out, err
 
 
+def run_here(capsys, script, *argv):
+    """run_script's result (returncode, stdout, stderr) from the script's main(argv) in this process:
+    for the commands refused before any work, where a process start would be most of the test's time."""
+    import importlib
+    code, out, err = call(importlib.import_module(script[:-3]).main, capsys, *argv)
+    return subprocess.CompletedProcess([script, *argv], 0 if code is None else code, out, err)
+
+
 TINY = ["--arch", "ResNet10", "--width", "8", "-j", "0", "-p", "1"]
 
 

@@ -52,7 +52,7 @@ def test_dry_run_runs_every_stage(tmp_path):
     assert all(s["status"] == "ok" for s in rep["stages"].values())
     assert {r["amp"] for r in rep["stages"]["numerics"]["rows"]} == {"bf16", "fp16"}
     assert all(r["bank_dtype"] == "torch.float32" and r["verdict"] == "ok" for r in rep["stages"]["numerics"]["rows"])
-    assert len(rep["stages"]["speed"]["rows"]) == 5 and rep["stages"]["bank"]["rows"][0]["ratio"] > 0
+    assert [r["setting"] for r in rep["stages"]["speed"]["rows"]] == ["PIL loader -j 1", "--gpu-aug --amp bf16 --channels-last"] and rep["stages"]["bank"]["rows"][0]["ratio"] > 0
     md = (tmp_path / "gpu_check.md").read_text()
     assert "## Numerics" in md and "## CIFAR-size epoch" in md and "## The ImageNet loader" in md and md.strip().endswith(last)
     assert "| loss rel. diff | grad rel. error | tolerance (loss, grad) | verdict |" in md

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from conftest import TINY, run_script
+from conftest import TINY, run_here, run_script
 from lib import options
 from lib.data import SlidingWindowSampler, window_epochs
 from lib.methods import NPID, InstanceClassifier, build_method, instance_logits
@@ -278,15 +278,16 @@ def test_bad_flags_are_one_line(flags, msg, capsys):
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
 
 
-def test_bad_input_is_one_line(cifar_dir, tmp_path):
+def test_bad_input_is_one_line(cifar_dir, tmp_path, capsys):
+    here = lambda *a: run_here(capsys, *a)  # refusals: in this process
     base = ["--data", cifar_dir, *TINY, "-b", "40", "--epochs", "1", "--retrievals", "0"]
-    one_line_error(run_script("cifar.py", *base, "--method", "pic", "--window-size", "500", "--cos",
+    one_line_error(here("cifar.py", *base, "--method", "pic", "--window-size", "500", "--cos",
                               "--checkpoint-dir", tmp_path / "w"), "larger than the training set (200 images)")
-    assert run_script("cifar.py", *base, "--method", "pic", "--checkpoint-dir", tmp_path / "p").returncode == 0
+    assert here("cifar.py", *base, "--method", "pic", "--checkpoint-dir", tmp_path / "p").returncode == 0
     ck = tmp_path / "p" / "checkpoint.pth"
-    one_line_error(run_script("cifar.py", *base, "--nce-k", "16", "--resume", ck, "--checkpoint-dir", tmp_path / "n"),
+    one_line_error(here("cifar.py", *base, "--nce-k", "16", "--resume", ck, "--checkpoint-dir", tmp_path / "n"),
                    "--method pic -> npid")  # a PIC checkpoint resumed as NPID
-    one_line_error(run_script("cifar.py", *base, "--method", "pic", "--checkpoint-dir", tmp_path / "p",
+    one_line_error(here("cifar.py", *base, "--method", "pic", "--checkpoint-dir", tmp_path / "p",
                               "--method", "parametric"), "another run")
     from lib.errors import UserError
     m = build_method(cifar.get_args(["--method", "pic"]), 5, None)

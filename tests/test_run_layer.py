@@ -234,10 +234,12 @@ def _trainings(cifar_dir, imagenet_dir, ck):
         "linear.py": (linear.main, [*small, "--pretrained", ck, "--cached", "--epochs", "3", "--lr", "1"]),
         "finetune.py": (finetune.main, [*small, "--pretrained", ck, "--labels", "5/class", "--epochs", "3",
                                         "--lr", "0.01", "--head-lr-mult", "10", "-b", "25", "-p", "100"]),
+        # --gpu-aug: its draws come from the global generator, which the checkpoint must carry
+        "supervised.py": (supervised.main, ["--data", cifar_dir, *TRAIN[:1], "3", *TRAIN[2:], "--gpu-aug"]),
     }
 
 
-@pytest.mark.parametrize("script", ["cifar.py", "linear.py", "finetune.py"])
+@pytest.mark.parametrize("script", ["cifar.py", "linear.py", "finetune.py", "supervised.py"])
 def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exactly(
         script, trained, cifar_dir, imagenet_dir, tmp_path, capsys, monkeypatch):
     from lib import checkpoint
@@ -265,9 +267,12 @@ def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exa
     for f in os.listdir(tmp_path / "straight"):
         if f.endswith(".pth") and f != "model_best.pth":  # model_best: a copy, cut off here before it was made
             a, b = (torch.load(tmp_path / d / f, weights_only=True) for d in ("straight", "cut"))
-            for key in ("state_dict", "model", "head"):
+            assert a["epoch"] == b["epoch"], f
+            for key in ("state_dict", "model", "head", "memory"):
                 if key in a:
-                    assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (f, key)
+                    assert all(torch.equal(a[key][k], b[key][k]) for k in a[key] if torch.is_tensor(a[key][k])), (f, key)
+            sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]  # the momentum too
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
     logs = [(tmp_path / d / "log.txt") for d in ("straight", "cut")]
     if logs[0].exists():  # the same epochs logged once each
         strip = lambda p: [{k: v for k, v in json.loads(l).items() if "time" not in k and k != "seconds"}

@@ -7,7 +7,7 @@ import torch
 
 import cifar
 import main
-from conftest import TINY, run_script, write_imagefolder
+from conftest import TINY, run_here, run_script, write_imagefolder
 from test_scripts import one_error_line
 
 COMMON = ["-b", "50", "--nce-k", "16", *TINY]
@@ -36,11 +36,11 @@ def _copy(src, dst):
     (["--seed", "3"], "--seed 0 -> 3"),
     (["--lr", "0.1"], "--lr 0.03 -> 0.1"),  # only an explicit --resume may change the lr
 ])
-def test_auto_resume_refuses_another_run(run_dir, tmp_path, cifar_dir, cifar100_dir, change, named):
+def test_auto_resume_refuses_another_run(run_dir, tmp_path, cifar_dir, cifar100_dir, change, named, capsys):
     c = _copy(run_dir, tmp_path / "c")
     before = {f: (c / f).read_bytes() for f in ("checkpoint.pth", "log.txt")}
     data = cifar100_dir if "cifar100" in change else cifar_dir
-    r = run_script("cifar.py", "--data", data, "--epochs", "2", *COMMON, *change, "--checkpoint-dir", c)
+    r = run_here(capsys, "cifar.py", "--data", data, "--epochs", "2", *COMMON, *change, "--checkpoint-dir", c)
     line = one_error_line(r)
     assert "another run" in line and named in line and "--no-auto-resume" in line and "--checkpoint-dir" in line
     assert {f: (c / f).read_bytes() for f in before} == before  # neither trained on nor logged to
@@ -82,19 +82,19 @@ def test_each_dataset_has_its_own_default_folder():
     assert cifar.get_args(["--checkpoint-dir", "x"]).checkpoint_dir == "x"
 
 
-def test_evaluation_needs_a_checkpoint(run_dir, tmp_path, cifar_dir):
-    r = run_script("cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--checkpoint-dir", tmp_path / "empty")
+def test_evaluation_needs_a_checkpoint(run_dir, tmp_path, cifar_dir, capsys):
+    r = run_here(capsys, "cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--checkpoint-dir", tmp_path / "empty")
     assert "nothing to evaluate: give --resume" in one_error_line(r)
-    latest = run_script("cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--checkpoint-dir", run_dir)
-    explicit = run_script("cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--resume", run_dir / "checkpoint.pth")
+    latest = run_here(capsys, "cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--checkpoint-dir", run_dir)
+    explicit = run_here(capsys, "cifar.py", "--data", cifar_dir, *COMMON, "--test-only", "--resume", run_dir / "checkpoint.pth")
     assert latest.returncode == 0 and explicit.returncode == 0, latest.stderr + explicit.stderr
     assert "evaluating the latest checkpoint of --checkpoint-dir" in latest.stdout
     fig = lambda r: [l for l in r.stdout.splitlines() if "kNN" in l][-1]
     assert fig(latest) == fig(explicit)
 
 
-def test_evaluation_refuses_another_dataset(run_dir, cifar100_dir):
-    r = run_script("cifar.py", "--dataset", "cifar100", "--data", cifar100_dir, *COMMON, "--test-only",
+def test_evaluation_refuses_another_dataset(run_dir, cifar100_dir, capsys):
+    r = run_here(capsys, "cifar.py", "--dataset", "cifar100", "--data", cifar100_dir, *COMMON, "--test-only",
                    "--resume", run_dir / "checkpoint.pth")
     assert "trained with --dataset cifar10" in one_error_line(r)
 
