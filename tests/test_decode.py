@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
 import main as imagenet
-from conftest import call, run_script, write_imagefolder
+from conftest import call, run_here, run_script, write_imagefolder
 from lib import decode
 from lib.data import SeededDataset
 from test_device import OPTIONS, train_resume_evaluate
@@ -112,19 +112,19 @@ def test_bad_flags_one_line(imagenet_dir, flags, msg, capsys):
 
 
 @pytest.mark.parametrize("damage", ["header", "data"])
-def test_unreadable_file_one_line(tmp_path, damage):
+def test_unreadable_file_one_line(tmp_path, damage, capsys):
     root = write_imagefolder(str(tmp_path), classes=2, n_train=4, size=64)
     path = os.path.join(root, "train", "class0", "img1.JPEG")
     raw = open(path, "rb").read()  # the header alone reads (the loader's size), the data does not decode
     open(path, "wb").write(b"\xff\xd8 truncated" if damage == "header" else raw[:len(raw) // 3])
-    r = run_script("main.py", root, "--gpu-aug", "--decode", "gpu", "--device", "cpu", "-j", "0", "-b", "4",
-                   "--epochs", "1", "--nce-k", "4", "--checkpoint-dir", str(tmp_path / "ck"))
+    r = run_here(capsys, "main.py", root, "--gpu-aug", "--decode", "gpu", "--device", "cpu", "-j", "0", "-b", "4",
+                 "--epochs", "1", "--nce-k", "4", "--checkpoint-dir", str(tmp_path / "ck"))
     assert r.returncode == 2 and "img1.JPEG" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_gpu_decode_trains_and_resumes_exactly(tmp_path, imagenet_dir):
+def test_gpu_decode_trains_and_resumes_exactly(tmp_path, imagenet_dir, capsys):
     data = [imagenet_dir, "--arch", "resnet18", "-b", "12", "-j", "1", "--nce-k", "8", "--low-dim", "16", "-p", "1"]
     train_resume_evaluate("main.py", data, OPTIONS["decode-gpu"], "cpu", tmp_path)  # decode on the device, here the CPU
     # a run of another --decode is another run: resuming it with the PIL path is refused
-    r = run_script("main.py", *data, "--gpu-aug", "--device", "cpu", "--epochs", "3", "--checkpoint-dir", tmp_path / "b")
+    r = run_here(capsys, "main.py", *data, "--gpu-aug", "--device", "cpu", "--epochs", "3", "--checkpoint-dir", tmp_path / "b")
     assert r.returncode == 2 and "decode" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
