@@ -50,10 +50,12 @@ POINTS = {
     "flip+nojitter": ["--flip", "--jitter", "0"],
 }
 for _aug in ("crop0.8", "flip+crop0.5", "crop0.5", "flip", "flip+crop0.5+nojitter"):
-    for _t in ("0.05", "0.2"):
+    for _t in ("0.05", "0.2", "0.3", "0.5"):
         POINTS[f"{_aug}+t{_t}"] = POINTS[_aug if _aug in POINTS else "baseline"] + ["--nce-t", _t]
     POINTS[f"{_aug}+w32"] = POINTS[_aug] + ["--width", "32"]
     POINTS[f"{_aug}+e60"] = POINTS[_aug] + ["--epochs", "60"]
+POINTS["crop0.8+t0.2+e60"] = POINTS["crop0.8+t0.2"] + ["--epochs", "60"]
+POINTS["crop0.8+t0.3+e60"] = POINTS["crop0.8+t0.3"] + ["--epochs", "60"]
 POINTS["baseline+w32"] = ["--width", "32"]
 POINTS["baseline+e60"] = ["--epochs", "60"]
 

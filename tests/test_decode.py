@@ -122,8 +122,9 @@ def test_unreadable_file_one_line(tmp_path, damage, capsys):
     assert r.returncode == 2 and "img1.JPEG" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_gpu_decode_trains_and_resumes_exactly(tmp_path, imagenet_dir, capsys):
-    data = [imagenet_dir, "--arch", "resnet18", "-b", "12", "-j", "1", "--nce-k", "8", "--low-dim", "16", "-p", "1"]
+def test_gpu_decode_trains_and_resumes_exactly(tmp_path, capsys):
+    small = write_imagefolder(str(tmp_path / "img"), classes=2, n_train=4, n_val=2)  # 224-px crops: few images
+    data = [small, "--arch", "resnet18", "-b", "4", "-j", "1", "--nce-k", "4", "--low-dim", "16", "-p", "1"]
     train_resume_evaluate("main.py", data, OPTIONS["decode-gpu"], "cpu", tmp_path)  # decode on the device, here the CPU
     # a run of another --decode is another run: resuming it with the PIL path is refused
     r = run_here(capsys, "main.py", *data, "--gpu-aug", "--device", "cpu", "--epochs", "3", "--checkpoint-dir", tmp_path / "b")

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_here, run_script
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -91,12 +91,12 @@ def test_torchrun_trains_one_bank_checkpoint_once(cifar_dir, tmp_path):
         assert figure([l for l in one.stdout.splitlines() if "kNN" in l][0]) == want, (source, one.stdout[-500:])
 
 
-def test_distributed_knn_equals_single_process(cifar_dir, tmp_path):
+def test_distributed_knn_equals_single_process(cifar_dir, tmp_path, capsys):
     c = tmp_path / "ck"
-    assert run_script("cifar.py", "--data", cifar_dir, "--epochs", "1", "-b", "50", "--nce-k", "16",
-                      "--checkpoint-dir", c, *TINY).returncode == 0
+    assert run_here(capsys, "cifar.py", "--data", cifar_dir, "--epochs", "1", "-b", "50", "--nce-k", "16",
+                    "--checkpoint-dir", c, *TINY).returncode == 0
     ev = ["cifar.py", "--data", cifar_dir, "--resume", c / "checkpoint.pth", "--test-only", *TINY]
-    one = run_script(*ev)
+    one = run_here(capsys, *ev)  # the single process in this one, the ranks in their own
     port = free_port()  # the original's flags, two processes started by hand
     procs = [subprocess.Popen([sys.executable, *map(str, ev), "--world-size", "2", "--rank", str(r),
                                "--dist-url", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=ENV, text=True,
@@ -106,7 +106,7 @@ def test_distributed_knn_equals_single_process(cifar_dir, tmp_path):
     line = lambda s: [l for l in s.splitlines() if "kNN" in l][0]
     assert line(one.stdout) == line(outs[0][0])  # recomputed features sharded, counts summed
     for source in ("bank",):
-        one = run_script(*ev, "--knn-source", source)
+        one = run_here(capsys, *ev, "--knn-source", source)
         two = torchrun(*ev, "--knn-source", source)
         assert two.returncode == 0, two.stderr[-2000:]
         assert line(one.stdout) == line(two.stdout)
