@@ -57,7 +57,8 @@ def machine(tmp_path):
     shutil.copytree(os.path.join(ROOT, "scripts"), repo / "scripts")
     (repo / "cifar.py").write_text('import sys\nprint("probe: " + sys.executable)\n'
                                    'print("summary: learned=1.0 random_init=1.0 raw_pixels=1.0")\n')
-    (repo / "retrieve.py").write_text('print("page: probe")\n')
+    (repo / "retrieve.py").write_text('print("NPID: precision@20=2.00 knn_top1=1.00 (k=200) (2 val images)")\n'
+                                      'print("raw pixels: precision@20=3.00 knn_top1=1.00 (k=200) (2 val images)")\n')
     (repo / "lib").mkdir()  # `python -m lib.amp auto` (the quick start's fast path): a probe too
     (repo / "lib" / "__init__.py").write_text("")
     (repo / "lib" / "amp.py").write_text('print("off")\nprint("amp: probe")\n')
@@ -110,7 +111,8 @@ def test_fresh_machine_creates_and_uses_the_project_venv(machine):
     r3, _ = sh(repo, env, "scripts/quickstart.sh", "--epochs", "1")
     assert r3.returncode == 0, r3.stdout + r3.stderr
     assert probes(r3) == [venv_py] and "installing" not in r3.stdout
-    assert r3.stdout.strip().endswith("quickstart: learned=1.0 random_init=1.0 raw_pixels=1.0")
+    assert r3.stdout.strip().endswith("quickstart: learned=1.0 random_init=1.0 raw_pixels=1.0 "
+                                      "precision@20: npid=2.00 raw_pixels=3.00")
 
 
 def test_an_active_venv_is_used_as_it_is(machine, tmp_path):
