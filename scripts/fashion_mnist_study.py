@@ -54,6 +54,8 @@ for _aug in ("crop0.8", "flip+crop0.5", "crop0.5", "flip", "flip+crop0.5+nojitte
         POINTS[f"{_aug}+t{_t}"] = POINTS[_aug if _aug in POINTS else "baseline"] + ["--nce-t", _t]
     POINTS[f"{_aug}+w32"] = POINTS[_aug] + ["--width", "32"]
     POINTS[f"{_aug}+e60"] = POINTS[_aug] + ["--epochs", "60"]
+POINTS["crop0.9+t0.2"] = ["--crop-min", "0.9", "--nce-t", "0.2"]
+POINTS["crop0.7+t0.2"] = ["--crop-min", "0.7", "--nce-t", "0.2"]
 POINTS["crop0.8+t0.2+b64"] = POINTS["crop0.8+t0.2"] + ["-b", "64"]
 POINTS["crop0.8+t0.2+e60"] = POINTS["crop0.8+t0.2"] + ["--epochs", "60"]
 POINTS["crop0.8+t0.3+e60"] = POINTS["crop0.8+t0.3"] + ["--epochs", "60"]
