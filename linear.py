@@ -283,7 +283,7 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
                 scalars, {k: list(v) for k, v in res.items()})
 
     res = trainer.fit(args, run, path, run_id, tag, {"head": head, "optimizer": opt}, epoch_fn,
-                      read_head(args, path, run_id))
+                      read_head(args, path, run_id), what="head")
     return {k: tuple(v) for k, v in res.items()}
 
 

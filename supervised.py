@@ -59,7 +59,7 @@ def train(args):
     run = runs.Run(args.checkpoint_dir, "supervised.py", args).check_owner()
     # this repo's checkpoint layout, without a memory bank (features.load_backbone reads it), resumable
     ck = runs.read_continued(args, path, run_id, "supervised checkpoint", {"state_dict": dict, "head": dict,
-                             "optimizer": dict, "epoch": int}, "supervised", "supervised.py")
+                             "optimizer": dict, "rng": list, "epoch": int}, "supervised", "supervised.py")
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
     run.start(device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
 

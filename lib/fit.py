@@ -10,14 +10,15 @@ from lib import checkpoint, errors, runs
 from lib import dist as du
 
 
-def fit(args, run, path, run_id, tag, objects, epoch_fn, ck=None, extra=None):
+def fit(args, run, path, run_id, tag, objects, epoch_fn, ck=None, extra=None, what="network"):
     """Train for args.epochs, continuing the checkpoint `ck` read from `path` (None: start afresh).
     objects: {checkpoint key: object with state_dict/load_state_dict} (the model, its optimizer...).
     epoch_fn(epoch) -> (printed text, {log fields}, {TensorBoard scalars}, result): the result (plain
-    data, or None before the last epoch) is saved and returned. Returns the last result."""
+    data, or None before the last epoch) is saved and returned. Returns the last result. `what`
+    names the objects in an error line (the network, a head)."""
     start, result = 0, None
     if ck is not None:
-        runs.load_states(path, [(obj, ck[k]) for k, obj in objects.items() if k in ck])
+        runs.load_states(path, [(obj, ck[k]) for k, obj in objects.items() if k in ck], what)
         start, result = ck["epoch"], ck.get("result")
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}" + (" (finished)" if start == args.epochs else ""))
     run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
@@ -32,10 +33,10 @@ def fit(args, run, path, run_id, tag, objects, epoch_fn, ck=None, extra=None):
             run.log({"tag": tag, "epoch": epoch, **stats, "seconds": seconds}, None)
             checkpoint.save_atomic({"args": run_id, "epoch": epoch + 1, **{k: o.state_dict() for k, o in objects.items()},
                                     "result": result, **(extra or {})}, path)
+            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))  # saved: say so at once
             for name, value in scalars.items():
                 run.writer.add_scalar(f"{tag}/{name}", value, epoch)
             run.writer.flush()
-            errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))
     errors.on_interrupt(None)
     return result
 

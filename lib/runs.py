@@ -149,19 +149,23 @@ def read_continued(args, path, run_id, what, fields, marker, script, labels=None
         raise UserError(f"'{path}' is not a {what} of this {script}; use another --checkpoint-dir, "
                         "or --no-auto-resume to start afresh there (it will be overwritten)")
     check_same_run(args, ck, path, auto=True, new=run_id, labels=labels)
-    if not (isinstance(ck.get("epoch"), int) and 1 <= ck["epoch"] <= args.epochs):
-        raise UserError(f"'{path}' says epoch {ck.get('epoch')} of {args.epochs}: not a checkpoint this {script} "
+    epoch = ck.get("epoch")
+    if isinstance(epoch, int) and 0 <= epoch and epoch > args.epochs:
+        raise UserError(f"'{path}' has trained {epoch} epochs, more than --epochs {args.epochs}; give --epochs "
+                        f"{epoch} or more to continue it, or --no-auto-resume to start afresh there")
+    if not (isinstance(epoch, int) and 0 <= epoch <= args.epochs):  # 0: supervised.py's untrained network
+        raise UserError(f"'{path}' says epoch {epoch} of {args.epochs}: not a checkpoint this {script} "
                         "wrote; use --no-auto-resume to start afresh there")
     return ck
 
 
 def load_states(path, pairs, what="network"):
     """load_state_dict(state) for each (object, state) of a continued checkpoint: a state that does not
-    fit is one UserError line naming `path`."""
+    fit (or is malformed) is one UserError line naming `path`."""
     try:
         for obj, state in pairs:
             obj.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise UserError(f"'{path}' does not fit this {what} ({brief(e)}); use another --checkpoint-dir, or "
                         "--no-auto-resume to start afresh there") from None
 

@@ -327,3 +327,19 @@ def test_evaluation_of_a_held_out_run_and_ctrl_c_after_resume(cifar_dir, trained
                       "--checkpoint-dir", tmp_path / "fresh")
     assert code == 130 and f"nothing saved since '{src}' (epoch 2); the same command starts from it again" in e
     monkeypatch.setattr(engine, "train_one_epoch", real)
+
+
+def test_supervised_folder_reruns_continues_and_refuses_a_bad_state(cifar_dir, tmp_path, capsys):
+    d = tmp_path / "sup"
+    argv = ["--data", cifar_dir, *TRAIN[2:], "--gpu-aug", "--checkpoint-dir", d]
+    for epochs in ("0", "0", "1"):  # the untrained network, written again, then continued from it
+        code, o, e = call(supervised.main, capsys, *argv, "--epochs", epochs)
+        assert code in (0, None), e
+    assert torch.load(d / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    code, _, e = call(supervised.main, capsys, *argv, "--epochs", "0")
+    assert code == 2 and "has trained 1 epochs, more than --epochs 0; give --epochs 1 or more" in e
+    ck = torch.load(d / "checkpoint.pth", weights_only=True)
+    for bad in ({"rng": []}, {"rng": None}):  # a malformed or missing generator state: one line, never silent
+        torch.save({**ck, **bad}, d / "checkpoint.pth")
+        code, _, e = call(supervised.main, capsys, *argv, "--epochs", "2")
+        assert code == 2 and len(e.strip().splitlines()) == 1 and "checkpoint.pth" in e, e
