@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from lib import checkpoint
 from lib import data, engine, knn, runs
 from lib import fit as trainer
 from lib import dist as du
@@ -81,10 +80,10 @@ def train(args):
         return f"loss {total / n:.4f}", {"train_loss": total / n}, {"loss": total / n}, None
 
     objects = {"state_dict": model, "head": head, "optimizer": opt, "rng": trainer.GlobalRNG()}
-    trainer.fit(args, run, path, run_id, "train", objects, epoch_fn, ck, {"arch": args.arch, "supervised": True})
+    extra = {"arch": args.arch, "supervised": True}
+    trainer.fit(args, run, path, run_id, "train", objects, epoch_fn, ck, extra)
     if args.epochs == 0:  # the untrained network, saved all the same
-        checkpoint.save_atomic({"args": run_id, "epoch": 0, **{k: o.state_dict() for k, o in objects.items()},
-                                "arch": args.arch, "supervised": True}, path)
+        trainer.save(path, run_id, 0, objects, None, extra)
     print(f"supervised: checkpoint '{path}'")
     acc = accuracy(model, head, val_loader, device, args.nce_t)
     run.results({"test": {"top1": acc}, "test_images": len(val_loader.dataset)})

@@ -31,14 +31,19 @@ def fit(args, run, path, run_id, tag, objects, epoch_fn, ck=None, extra=None, wh
         print(f" * [{tag}] epoch {epoch} {text} ({seconds} s; {progress.step()})", flush=True)
         if du.is_main_process():  # the log first: cut before the checkpoint, the resume drops this line
             run.log({"tag": tag, "epoch": epoch, **stats, "seconds": seconds}, None)
-            checkpoint.save_atomic({"args": run_id, "epoch": epoch + 1, **{k: o.state_dict() for k, o in objects.items()},
-                                    "result": result, **(extra or {})}, path)
+            save(path, run_id, epoch + 1, objects, result, extra)
             errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, True, f"[{tag}]"))  # saved: say so at once
             for name, value in scalars.items():
                 run.writer.add_scalar(f"{tag}/{name}", value, epoch)
             run.writer.flush()
     errors.on_interrupt(None)
     return result
+
+
+def save(path, run_id, epoch, objects, result=None, extra=None):
+    """The checkpoint fit writes: the run identity, the epochs done, each object's state, the result."""
+    checkpoint.save_atomic({"args": run_id, "epoch": epoch, **{k: o.state_dict() for k, o in objects.items()},
+                            "result": result, **(extra or {})}, path)
 
 
 def choose(held):
@@ -54,6 +59,4 @@ class GlobalRNG:
         return [runs.rng_state()]
 
     def load_state_dict(self, states):
-        torch.set_rng_state(states[0]["cpu"])
-        if "cuda" in states[0] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states[0]["cuda"])
+        runs.set_rng_state(states[0], torch.cuda.is_available())

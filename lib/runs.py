@@ -37,6 +37,13 @@ def rng_state():
     return s
 
 
+def set_rng_state(s, cuda):
+    """rng_state()'s inverse; `cuda`: this process computes on CUDA (its generator is restored too)."""
+    torch.set_rng_state(s["cpu"])
+    if "cuda" in s and cuda:
+        torch.cuda.set_rng_state(s["cuda"])
+
+
 def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None, images=None):
     """`images`: an unlabelled folder's relative paths, the order its bank rows follow (None otherwise)."""
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
@@ -150,7 +157,7 @@ def read_continued(args, path, run_id, what, fields, marker, script, labels=None
                         "or --no-auto-resume to start afresh there (it will be overwritten)")
     check_same_run(args, ck, path, auto=True, new=run_id, labels=labels)
     epoch = ck.get("epoch")
-    if isinstance(epoch, int) and 0 <= epoch and epoch > args.epochs:
+    if isinstance(epoch, int) and epoch > args.epochs:
         raise UserError(f"'{path}' has trained {epoch} epochs, more than --epochs {args.epochs}; give --epochs "
                         f"{epoch} or more to continue it, or --no-auto-resume to start afresh there")
     if not (isinstance(epoch, int) and 0 <= epoch <= args.epochs):  # 0: supervised.py's untrained network
@@ -305,9 +312,7 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=Non
             scaler.load_state_dict(ck["scaler"])
         rngs = ck.get("rng") or []
         if len(rngs) == args.world_size:
-            torch.set_rng_state(rngs[args.rank]["cpu"])
-            if "cuda" in rngs[args.rank] and args.device.startswith("cuda"):
-                torch.cuda.set_rng_state(rngs[args.rank]["cuda"])
+            set_rng_state(rngs[args.rank], args.device.startswith("cuda"))
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise UserError(f"--resume: '{path}': its optimizer, scaler or RNG state does not fit this run "
                         f"({brief(e)})") from None
