@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -91,20 +92,32 @@ def _numbers(flag, text, cast):
     return vals
 
 
+class Plan(NamedTuple):
+    """What the run derives from its flags, the initial weights and the labelled subset (never
+    written onto args)."""
+    lrs: list  # --lr
+    mults: list  # --head-lr-mult
+    milestones: list  # --schedule
+    init_sha256: str = ""  # of the pretrained file (or the scratch init): part of the run identity
+    arch: str = ""
+    subset_sha: str = ""  # the labelled subset's indices (subset_sha)
+    num_classes: int = 0
+
+
 def check_args(args):
+    """Checks every flag; returns the Plan of what they say (its data-dependent fields empty)."""
     options.check_data(args, "finetune.py")
     if (args.labels is None) == (args.subset_file is None):
         raise UserError("give --labels (e.g. 1%, 10%, 60/class) or --subset-file, one of the two")
     if args.labels is not None:
         parse_labels(args.labels)
-    args.lrs = _numbers("--lr", args.lr, float)
-    args.mults = _numbers("--head-lr-mult", args.head_lr_mult, float)
-    args.milestones = _numbers("--schedule", args.schedule or "0", int) if args.schedule else []
-    if any(not 0 < v < math.inf for v in args.lrs + args.mults) or len(set(args.lrs)) < len(args.lrs) \
-            or len(set(args.mults)) < len(args.mults):
+    lrs = _numbers("--lr", args.lr, float)
+    mults = _numbers("--head-lr-mult", args.head_lr_mult, float)
+    milestones = _numbers("--schedule", args.schedule or "0", int) if args.schedule else []
+    if any(not 0 < v < math.inf for v in lrs + mults) or len(set(lrs)) < len(lrs) or len(set(mults)) < len(mults):
         raise UserError(f"--lr and --head-lr-mult values must be > 0, finite and distinct (got '{args.lr}', "
                         f"'{args.head_lr_mult}')")
-    if any(m < 1 for m in args.milestones):
+    if any(m < 1 for m in milestones):
         raise UserError(f"--schedule epochs must be >= 1 (got '{args.schedule}')")
     if not (args.epochs >= 1 and args.batch_size >= 1 and 0 < args.gamma <= 1 and 0 <= args.weight_decay < math.inf
             and 0 <= args.momentum < 1):
@@ -113,6 +126,7 @@ def check_args(args):
                         f"--momentum {args.momentum})")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout must be in (0, 1) (got {args.holdout})")
+    return Plan(lrs, mults, milestones)
     if args.test_subset < 0 or args.eval_every < 0 or args.workers < 0 or args.print_freq < 1:
         raise UserError("--test-subset, --eval-every and -j must be >= 0, -p >= 1")
     if args.batch_size % args.world_size:
@@ -169,8 +183,8 @@ def make_optimizer(model, lr, mult, args):
     return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def set_epoch_lr(optimizer, epoch, args):
-    f = args.gamma ** sum(epoch >= m for m in args.milestones)
+def set_epoch_lr(optimizer, epoch, args, milestones):
+    f = args.gamma ** sum(epoch >= m for m in milestones)
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] * f
     return f
@@ -224,28 +238,28 @@ LABELS = {"setting": "the setting", "tag": "the training", "num_classes": "the n
           "subset_sha": "the labelled subset (its images)", "init_sha256": "the pretrained weights"}
 
 
-def own_identity(args, C):
-    return runs.identity(args, init_sha256=args.init_sha256, subset_sha=args.subset_sha, num_classes=C)
+def own_identity(args, plan):
+    return runs.identity(args, init_sha256=plan.init_sha256, subset_sha=plan.subset_sha, num_classes=plan.num_classes)
 
 
 def tag_of(lr, mult):
     return f"lr{lr:.12g}-mult{mult:.12g}"
 
 
-def run_file(args, tag, setting, C):
+def run_file(args, plan, tag, setting):
     """(path, run identity) of one training's checkpoint; `setting` (lr, mult), or ('grid', lr, mult)
     for the final training of a grid: the setting the grid chose (a final trained with another is
     another run)."""
-    run_id = {**own_identity(args, C), "tag": tag, "setting": list(setting)}
+    run_id = {**own_identity(args, plan), "tag": tag, "setting": list(setting)}
     return os.path.join(args.checkpoint_dir, f"finetune-{tag}.pth"), run_id
 
 
-def check_folder(args, C):
+def check_folder(args, plan):
     """The run identity of the folder (`run.json`, written at a run's start): a folder that holds
     another run (a grid beside a single setting, another subset, ...), or files of no run of this
     script, is refused before anything is written, even if that run stopped before its first
     checkpoint. Returns this run's identity."""
-    identity = own_identity(args, C)
+    identity = own_identity(args, plan)
     path = os.path.join(args.checkpoint_dir, "run.json")
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
     mine = any(f.startswith("finetune-") and f.endswith(".pth") for f in here)  # a run older than run.json
@@ -273,27 +287,27 @@ def read_run(args, path, run_id):
                                LABELS)
 
 
-def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, autocast):
+def fit(args, plan, tag, setting, backbone0, dim, train_ds, eval_ds, what, run, autocast):
     """Fine-tune a copy of the initial network on train_ds for args.epochs with `setting` ((lr, mult),
     or ('grid', lr, mult): see run_file), resumable; returns (top-1, top-5) on eval_ds after the last
     epoch (`what` names it: held-out or test)."""
-    lr, mult = setting[-2:]
+    lr, mult, C = *setting[-2:], plan.num_classes
     torch.manual_seed(args.seed)  # the same classifier init for every setting of a grid
     model = FineTuner(copy.deepcopy(backbone0), dim, C).to(args.device)
     optimizer = make_optimizer(model, lr, mult, args)
     scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16" and args.device.startswith("cuda"))
-    path, run_id = run_file(args, tag, setting, C)
+    path, run_id = run_file(args, plan, tag, setting)
     ck = read_run(args, path, run_id)
     train_model = model
     if args.sync_bn:  # the same state_dict keys: a checkpoint loads into either
-        train_model = model = engine.sync_batchnorm(model, args, torch.device(args.device))
-    if args.distributed:
+        train_model = model = engine.sync_batchnorm(model, torch.device(args.device))
+    if du.is_dist():
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(args.device).index] if args.device.startswith("cuda") else None)
     train_loader, eval_loader = data.loader_for(train_ds, args, True), data.loader_for(eval_ds, args, False)
 
     def epoch_fn(epoch):
-        f = set_epoch_lr(optimizer, epoch, args)
+        f = set_epoch_lr(optimizer, epoch, args, plan.milestones)
         loss = train_epoch(train_model, train_loader, optimizer, epoch, args, autocast, scaler)
         stats = {"lr": float(f"{lr * f:.6g}"), "head_lr": float(f"{lr * mult * f:.6g}"), "loss": round(loss, 6)}
         result, last = None, epoch + 1 == args.epochs
@@ -307,7 +321,7 @@ def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, run, aut
 
     result = trainer.fit(args, run, path, run_id, tag,
                          {"model": features.unwrap(model), "optimizer": optimizer, "scaler": scaler}, epoch_fn, ck,
-                         {"arch": args.arch_name})
+                         {"arch": plan.arch})
     if result is None:  # a finished checkpoint without its figure
         raise UserError(f"'{path}' is finished but holds no result; use --no-auto-resume to train it again")
     return tuple(result)
@@ -334,12 +348,11 @@ def labelled_subset(args, train):
 
 def _run(args):
     du.init_distributed_mode(args)
-    check_args(args)
+    plan = check_args(args)
     args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone0, info = initial_backbone(args)
-    args.init_sha256, args.arch_name = info["sha256"], info["arch"]
     size = registry.NATIVE_SIZE[args.dataset]
     dim = features.tap_dims(backbone0, ["avgpool"], size, None)["avgpool"]
     open_ = lambda train, tf, n=0: registry.open_split(args.dataset, args.root or args.data, train, tf, args.download, n)
@@ -349,8 +362,8 @@ def _run(args):
     if args.dataset == "imagenet":  # val/ is opened only after the grid: its class folders are checked now
         check_val_classes(args.root)
     idx, names, subset_tag = labelled_subset(args, train)
-    args.subset_sha = subset_sha(idx)
-    if len(set(du.all_gather_object(args.subset_sha))) > 1:  # a pure function of the labels and seed: never
+    plan = plan._replace(init_sha256=info["sha256"], arch=info["arch"], subset_sha=subset_sha(idx), num_classes=C)
+    if len(set(du.all_gather_object(plan.subset_sha))) > 1:  # a pure function of the labels and seed: never
         raise UserError("the ranks drew different labelled subsets (do they read the same data?)")
     init = "scratch" if args.pretrained == "none" else "pretrained"
     if args.checkpoint_dir is None:  # one folder per dataset, initial weights, subset and recipe
@@ -362,21 +375,21 @@ def _run(args):
           f"training images, {int(counts.min())}-{int(counts.max())} per class ({subset_tag})")
     if int(counts.min()) == 0:
         print(f"note: {int((counts == 0).sum())} of the {C} classes have no labelled image in the subset")
-    settings = [(lr, m) for lr in args.lrs for m in args.mults]
+    settings = [(lr, m) for lr in plan.lrs for m in plan.mults]
     grid = len(settings) > 1
     if grid:  # the held-out part of the labelled subset: the grid is chosen there, never on the test set
         fit_pos, held_pos = data.holdout_split(len(idx), args.holdout, args.seed, labels=labelled.targets,
                                                class_names=getattr(train, "classes", None))
     # the folder's run, and every checkpoint this command would continue, checked before anything is written
-    identity = check_folder(args, C)
+    identity = check_folder(args, plan)
     for lr, m in settings if grid else [settings[0]]:
-        read_run(args, *run_file(args, "grid-" + tag_of(lr, m) if grid else "train", (lr, m), C))
+        read_run(args, *run_file(args, plan, "grid-" + tag_of(lr, m) if grid else "train", (lr, m)))
     if du.is_main_process():  # run.json first: a folder with a config.json and no run.json is no run of this script
         checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         checkpoint.write_text_atomic(os.path.join(args.checkpoint_dir, "run.json"),
                                      json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": args.init_sha256, "subset_sha": args.subset_sha},
+    run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": plan.init_sha256, "subset_sha": plan.subset_sha},
                    du.is_main_process(), args.log_dir).start(args.device, resumed_epoch=0 if fresh else None,
                                                              purge_step=0 if fresh else None)
     if du.is_main_process():
@@ -389,15 +402,15 @@ def _run(args):
     if grid:
         held = {}
         for g_lr, g_m in settings:
-            held[(g_lr, g_m)] = fit(args, "grid-" + tag_of(g_lr, g_m), (g_lr, g_m), backbone0, dim, C,
+            held[(g_lr, g_m)] = fit(args, plan, "grid-" + tag_of(g_lr, g_m), (g_lr, g_m), backbone0, dim,
                                     InstanceSubset(labelled, fit_pos), InstanceSubset(labelled_eval, held_pos),
                                     "held-out", run, autocast)[0]
         lr, mult = trainer.choose(held)
         print("grid: held-out top1 " + ", ".join(f"lr {a:g} x{b:g}: {v:.2f}" for (a, b), v in held.items())
               + f"; chosen lr {lr:g}, head lr multiplier {mult:g} ({len(held_pos)} held-out images)")
     val = open_(False, registry.eval_transform(args.dataset), args.test_subset)  # opened only now
-    top1, top5 = fit(args, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0, dim,
-                     C, labelled, val, "test", run, autocast)
+    top1, top5 = fit(args, plan, "final" if grid else "train", ("grid", lr, mult) if grid else (lr, mult), backbone0,
+                     dim, labelled, val, "test", run, autocast)
     run.results({"test": {"top1": top1, "top5": top5}, "labels": args.labels or subset_tag, "init": init, "lr": lr,
                  "head_lr_mult": mult, "images": len(idx), "test_images": len(val),
                  "held_out_top1": [[a, b, v] for (a, b), v in held.items()] if grid else None})

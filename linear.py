@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,16 @@ def get_args(argv=None):
     return args
 
 
+class Plan(NamedTuple):
+    """What the run derives from its flags and the pretrained file (never written onto args)."""
+    milestones: list  # --schedule
+    grid: list  # --lr-grid ([] = none)
+    sha256: str = ""  # of the pretrained file: part of the run identity and of the cache key
+    cache_dir: str = ""  # --cache-dir, default CHECKPOINT_DIR/cache
+
+
 def check_args(args):
+    """Checks every flag; returns the Plan of what they say (its file-dependent fields empty)."""
     options.check_data(args, "linear.py")
     if not (args.epochs >= 1 and args.batch_size >= 1 and 0 < args.lr < math.inf and 0 <= args.weight_decay < math.inf
             and 0 <= args.momentum < 1):
@@ -75,20 +85,21 @@ def check_args(args):
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} must be divisible by the {args.world_size} processes")
     try:
-        args.milestones = [int(m) for m in args.schedule.split(",") if m.strip()]
-        args.grid = [float(v) for v in args.lr_grid.split(",")] if args.lr_grid else []
+        milestones = [int(m) for m in args.schedule.split(",") if m.strip()]
+        grid = [float(v) for v in args.lr_grid.split(",")] if args.lr_grid else []
     except ValueError:
         raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
                         f"'{args.lr_grid}')") from None
-    if any(not 0 < g < math.inf for g in args.grid) or len({grid_tag(g) for g in args.grid}) < len(args.grid):
+    if any(not 0 < g < math.inf for g in grid) or len({grid_tag(g) for g in grid}) < len(grid):
         raise UserError(f"--lr-grid values must be > 0, finite and distinct (got '{args.lr_grid}')")  # 0: untrained
-    if any(m < 1 for m in args.milestones):
+    if any(m < 1 for m in milestones):
         raise UserError(f"--schedule epochs must be >= 1 (got '{args.schedule}')")
     bad = [t for t in args.taps.split(",") if t not in features.HEADS]
     if args.head == "multi" and bad:
         raise UserError(f"--taps: unknown layer '{bad[0]}' (choose from {', '.join(features.HEADS)})")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout must be in (0, 1) (got {args.holdout})")
+    return Plan(milestones, grid)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -235,9 +246,9 @@ def fmt(res):
 LABELS = {"head_lr": "the head's lr", "head_tag": "the head", "num_classes": "the number of classes"}
 
 
-def head_file(args, tag, lr, num_classes):
+def head_file(args, plan, tag, lr, num_classes):
     """(path, run identity) of one head's checkpoint."""
-    run_id = runs.identity(args, sha256=args.sha256, head_lr=lr, head_tag=tag, num_classes=num_classes)
+    run_id = runs.identity(args, sha256=plan.sha256, head_lr=lr, head_tag=tag, num_classes=num_classes)
     return os.path.join(args.checkpoint_dir, f"linear-{tag}.pth"), run_id
 
 
@@ -257,20 +268,20 @@ def grid_tag(g):
     return f"grid-lr{g:.12g}"
 
 
-def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, run, sharded, channels=None):
+def fit(args, plan, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, run, sharded, channels=None):
     """Train a fresh head for args.epochs, evaluating every epoch; returns the last epoch's figures."""
     torch.manual_seed(args.seed)  # the same initial head for every lr of a grid
     head = Head(dims, num_classes, channels).to(args.device)
     train_head = head
-    if args.distributed and not args.cached:  # cached: every rank trains the same head on all features
+    if du.is_dist() and not args.cached:  # cached: every rank trains the same head on all features
         train_head = nn.parallel.DistributedDataParallel(head, device_ids=[torch.device(args.device).index]
                                                          if args.device.startswith("cuda") else None)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                           nesterov=args.nesterov)
-    path, run_id = head_file(args, tag, lr, num_classes)
+    path, run_id = head_file(args, plan, tag, lr, num_classes)
 
     def epoch_fn(epoch):
-        lr_now = lr * 0.1 ** sum(epoch >= m for m in args.milestones)
+        lr_now = lr * 0.1 ** sum(epoch >= m for m in plan.milestones)
         for g in opt.param_groups:
             g["lr"] = lr_now
         loss = train_epoch(train_head, train_b, opt, epoch, args)
@@ -289,13 +300,13 @@ def fit(args, tag, dims, num_classes, lr, train_b, val_b, backbone, reference, r
 
 # --- cached features ------------------------------------------------------------------------
 
-def cached(args, backbone, split, dataset, layers, pool, autocast):
+def cached(args, plan, backbone, split, dataset, layers, pool, autocast):
     """{layer: N x D}, labels of `dataset` (val transform), from --cache-dir when it matches."""
-    meta = dict(pretrained=args.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
+    meta = dict(pretrained=plan.sha256, dataset=args.dataset, data=os.path.abspath(args.root or args.data),
                 split=split, n=len(dataset), subset=[args.train_subset, args.test_subset], layers=list(layers),
                 pool=pool or "", amp=args.amp, version=2)  # 2: val labelled by train's class names
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(args.cache_dir, f"{args.dataset}-{split}-{key}.pt")
+    path = os.path.join(plan.cache_dir, f"{args.dataset}-{split}-{key}.pt")
     c = checkpoint.read(path, "feature cache") if os.path.isfile(path) else {}
     whole = isinstance(c, dict) and c.get("meta") == meta and isinstance(c.get("feats"), dict) \
         and torch.is_tensor(c.get("labels")) and len(c["labels"]) == len(dataset) \
@@ -316,13 +327,13 @@ def cached(args, backbone, split, dataset, layers, pool, autocast):
 
 # --- the run --------------------------------------------------------------------------------
 
-def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast):
+def batch_sources(args, plan, backbone, train, train_eval, val, layers, pool, autocast):
     """make(part) -> (train batches, eval batches): part 'grid' = fit / held-out parts of the
     training set (eval on the un-augmented images), 'final' = whole training set / test set."""
     fit_idx, held_idx = data.holdout_split(len(train), args.holdout, args.seed)
     if args.cached:
-        train_feats, train_labels = cached(args, backbone, "train", train_eval, layers, pool, autocast)
-        val_feats, val_labels = cached(args, backbone, "val", val, layers, pool, autocast)
+        train_feats, train_labels = cached(args, plan, backbone, "train", train_eval, layers, pool, autocast)
+        val_feats, val_labels = cached(args, plan, backbone, "val", val, layers, pool, autocast)
         batches = lambda f, l, idx, shuffle: CachedBatches(f, l, idx, args.batch_size, args.device, shuffle, args.seed)
         all_train, all_val = range(len(train_labels)), range(len(val_labels))
         parts = {"grid": lambda: (batches(train_feats, train_labels, fit_idx, True),
@@ -339,18 +350,17 @@ def batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast
 
 def _run(args):
     du.init_distributed_mode(args)
-    check_args(args)
+    plan = check_args(args)
     args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
-    args.sha256 = info["sha256"]
     for p in backbone.parameters():
         p.requires_grad_(False)
     features.check_fits(info, args.dataset)
     if args.checkpoint_dir is None:  # one folder per pretrained file, dataset and protocol
-        args.checkpoint_dir = os.path.join("checkpoints", "linear", f"{args.dataset}-{args.head}-{args.sha256[:12]}")
-    args.cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, "cache")
+        args.checkpoint_dir = os.path.join("checkpoints", "linear", f"{args.dataset}-{args.head}-{info['sha256'][:12]}")
+    plan = plan._replace(sha256=info["sha256"], cache_dir=args.cache_dir or os.path.join(args.checkpoint_dir, "cache"))
     print(f"=> head checkpoints in '{args.checkpoint_dir}'")
     train, train_eval, val, C = datasets_for(args)
     layers, pool = (["avgpool"], None) if args.head == "avgpool" else (args.taps.split(","), "mhead")
@@ -360,28 +370,28 @@ def _run(args):
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
     autocast = amp.autocast_for(args.amp, torch.device(args.device).type)  # args.amp: resolved in _run
-    run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": args.sha256}, du.is_main_process(),
+    run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": plan.sha256}, du.is_main_process(),
                    args.log_dir).check_owner()
-    for tag, g in [(grid_tag(g), g) for g in args.grid] or [("train", args.lr)]:  # before any extraction
-        read_head(args, *head_file(args, tag, g, C))
+    for tag, g in [(grid_tag(g), g) for g in plan.grid] or [("train", args.lr)]:  # before any extraction
+        read_head(args, *head_file(args, plan, tag, g, C))
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
     run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
-    make = batch_sources(args, backbone, train, train_eval, val, layers, pool, autocast)
+    make = batch_sources(args, plan, backbone, train, train_eval, val, layers, pool, autocast)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr
-    if args.grid:  # chosen on held-out training images, never on the test set
+    if plan.grid:  # chosen on held-out training images, never on the test set
         held = {}
-        for g in args.grid:
-            res = fit(args, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], run, sharded,
+        for g in plan.grid:
+            res = fit(args, plan, grid_tag(g), dims, C, g, *make("grid"), backbone, info["state_dict"], run, sharded,
                       channels)
             held[g] = max(a for a, _ in res.values())  # multi: the best head's top-1
         lr = trainer.choose(held)
         print("lr-grid: held-out top1 " + ", ".join(f"lr {g:g}: {a:.2f}" for g, a in held.items())
               + f"; chosen lr {lr:g}")
-    res = fit(args, "final" if args.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
+    res = fit(args, plan, "final" if plan.grid else "train", dims, C, lr, *make("final"), backbone, info["state_dict"],
               run, sharded, channels)
     run.results({"test": {name: {"top1": a, "top5": b} for name, (a, b) in res.items()}, "lr": lr,
-                 "held_out_top1": {f"{g:g}": v for g, v in held.items()} if args.grid else None})
+                 "held_out_top1": {f"{g:g}": v for g, v in held.items()} if plan.grid else None})
     run.close()
     tail = f"(head={args.head}, epochs={args.epochs}, cached={'yes' if args.cached else 'no'})"
     for name, (a, b) in res.items():

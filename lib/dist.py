@@ -44,7 +44,7 @@ def resolve_device(name):
 
 
 def init_distributed_mode(args):
-    """Sets args.rank, args.world_size, args.distributed and args.device.
+    """Sets args.rank, args.world_size and args.device (a started group: is_dist()).
 
     torchrun exports RANK / WORLD_SIZE / LOCAL_RANK; without them, the original's
     `--world-size N --rank R --dist-url URL` starts the group by hand; else one process."""
@@ -55,10 +55,9 @@ def init_distributed_mode(args):
     elif args.world_size > 1:
         local_rank, init = args.rank % max(1, torch.cuda.device_count()), args.dist_url
     else:
-        args.rank, args.world_size, args.distributed = 0, 1, False
+        args.rank, args.world_size = 0, 1
         args.device = resolve_device(args.device)
         return
-    args.distributed = True
     use_cuda = resolve_device(args.device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)

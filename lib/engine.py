@@ -275,8 +275,8 @@ def setup(args, make_task):
 
     train_model = model
     if args.sync_bn:
-        train_model = model = sync_batchnorm(model, args, device)
-    if args.distributed:
+        train_model = model = sync_batchnorm(model, device)
+    if du.is_dist():
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
@@ -382,9 +382,9 @@ def final_evaluation(args, s, run, baselines):
     return final
 
 
-def sync_batchnorm(model, args, device):
+def sync_batchnorm(model, device):
     """SyncBatchNorm for small per-GPU batches; the parameter names (and checkpoints) do not change."""
-    if not args.distributed:
+    if not du.is_dist():
         return model  # one process: BatchNorm already sees the whole batch
     if device.type != "cuda":
         raise UserError("--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA only)")

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import linear  # noqa: E402
+from datasets import registry  # noqa: E402
 from lib import amp, features  # noqa: E402
 
 
@@ -29,23 +30,22 @@ class PerPositionHead(linear.Head):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = linear.get_args([*argv, "--head", "multi", "--cached"])
-    linear.check_args(args)
+    plan = linear.check_args(args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.world_size, args.rank, args.distributed = 1, 0, False
+    args.world_size, args.rank = 1, 0
     args.print_freq = 10**9  # one line per variant, not per 50 steps
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
     features.check_fits(info, args.dataset)
-    args.sha256 = info["sha256"]
-    args.checkpoint_dir = args.checkpoint_dir or os.path.join("checkpoints", "bench_mhead_norm")
-    args.cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, "cache")
+    folder = args.checkpoint_dir or os.path.join("checkpoints", "bench_mhead_norm")
+    plan = plan._replace(sha256=info["sha256"], cache_dir=args.cache_dir or os.path.join(folder, "cache"))
     train, train_eval, val, C = linear.datasets_for(args)
     layers = args.taps.split(",")
-    size = 224 if args.dataset == "imagenet" else linear.cifar.NATIVE_SIZE[args.dataset]
+    size = registry.NATIVE_SIZE[args.dataset]
     dims = features.tap_dims(backbone, layers, size, "mhead")
     channels = features.tap_channels(backbone, layers, size)
     autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
-    trf, trl = linear.cached(args, backbone, "train", train_eval, layers, "mhead", autocast)
-    vaf, val_l = linear.cached(args, backbone, "val", val, layers, "mhead", autocast)
+    trf, trl = linear.cached(args, plan, backbone, "train", train_eval, layers, "mhead", autocast)
+    vaf, val_l = linear.cached(args, plan, backbone, "val", val, layers, "mhead", autocast)
     print(f"{info['arch']} '{args.pretrained}': " + ", ".join(f"{n} {channels[n]} ch, {dims[n]}-d" for n in layers)
           + f"; {len(trl)} train, {len(val_l)} test images; lr {args.lr}, {args.epochs} epochs", flush=True)
     results = {}
@@ -60,7 +60,7 @@ def main(argv=None):
         t0 = time.time()
         for epoch in range(args.epochs):
             for g in opt.param_groups:
-                g["lr"] = args.lr * 0.1 ** sum(epoch >= m for m in args.milestones)
+                g["lr"] = args.lr * 0.1 ** sum(epoch >= m for m in plan.milestones)
             linear.train_epoch(head, tr, opt, epoch, args)
         results[name] = linear.evaluate(head, te, C, False)
         print(f"{name}: {linear.fmt(results[name])} ({time.time() - t0:.0f} s)", flush=True)

@@ -132,8 +132,10 @@ def test_pretrained_weights_are_loaded_and_the_classifier_is_new(tiny_ckpt):
 
 def test_head_lr_multiplier_and_schedule_reach_the_optimizer(tiny_ckpt):
     args = finetune.get_args(["--data", "x", "--pretrained", str(tiny_ckpt), "--labels", "1%"])
-    finetune.check_args(args)
-    assert args.milestones == [12, 16] and args.gamma == 0.2 and args.weight_decay == 5e-4 and args.epochs == 20
+    plan = finetune.check_args(args)
+    assert vars(args).keys() == vars(finetune.get_args(["--data", "x", "--pretrained", str(tiny_ckpt), "--labels",
+                                                         "1%"])).keys()  # nothing derived is written onto args
+    assert plan.milestones == [12, 16] and args.gamma == 0.2 and args.weight_decay == 5e-4 and args.epochs == 20
     backbone, _ = finetune.initial_backbone(args)
     model = finetune.FineTuner(backbone, 64, 10)
     opt = finetune.make_optimizer(model, 0.01, 100.0, args)
@@ -142,13 +144,13 @@ def test_head_lr_multiplier_and_schedule_reach_the_optimizer(tiny_ckpt):
     assert {id(p) for p in groups["head"]["params"]} == head_ids
     assert len(groups["backbone"]["params"]) == len(list(model.backbone.parameters()))
     for epoch, factor in [(0, 1.0), (11, 1.0), (12, 0.2), (15, 0.2), (16, 0.04), (19, 0.04)]:
-        finetune.set_epoch_lr(opt, epoch, args)
+        finetune.set_epoch_lr(opt, epoch, args, plan.milestones)
         assert groups["backbone"]["lr"] == pytest.approx(0.01 * factor, rel=1e-12)
         assert groups["head"]["lr"] == pytest.approx(1.0 * factor, rel=1e-12)
         assert groups["head"]["weight_decay"] == groups["backbone"]["weight_decay"] == 5e-4
     paper = finetune.get_args(["--data", "x", "--pretrained", "none", "--labels", "1%", "--recipe", "paper"])
-    finetune.check_args(paper)
-    assert (paper.epochs, paper.lrs, paper.mults, paper.milestones, paper.gamma) == (70, [0.01], [1.0], [30, 60], 0.1)
+    p = finetune.check_args(paper)
+    assert (paper.epochs, p.lrs, p.mults, p.milestones, paper.gamma) == (70, [0.01], [1.0], [30, 60], 0.1)
 
 
 # --- end to end --------------------------------------------------------------------------------

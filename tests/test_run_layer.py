@@ -72,7 +72,7 @@ def test_evaluation_takes_its_settings_from_the_checkpoint(trained, cifar_dir, c
     assert main.get_args(["DIR", "--test-only"]).evaluate and main.get_args(["DIR", "-e"]).evaluate
 
 
-def test_every_folder_has_its_config_and_results(trained, cifar_dir, tmp_path, capsys):
+def test_every_folder_has_its_config_and_results(trained, cifar_dir, tmp_path, capsys, monkeypatch):
     d, out = trained
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["script"] == "cifar.py" and cfg["identity"]["width"] == 8 and "workers" not in cfg["identity"]
@@ -93,12 +93,30 @@ def test_every_folder_has_its_config_and_results(trained, cifar_dir, tmp_path, c
                                         "0.01", "-b", "25", "--test-subset", "40"]),
         "supervised.py": (supervised.main, ["--data", cifar_dir, "--epochs", "1", "-b", "50", "--train-subset", "100",
                                             "--test-subset", "40", *TINY]),
+        "cifar.py": (cifar.main, ["--data", cifar_dir, *TRAIN, "--epochs", "1"]),
     }
+    added = {}
+
+    def keep_args(mod):  # what a run writes onto its args beyond the flags (derived values must stay locals)
+        name = {"linear": "_run", "finetune": "_run", "supervised": "train"}.get(mod.__name__, "run")
+        run = getattr(mod, name)  # cifar.py and main.py: lib/engine.run
+
+        def wrapped(args, *rest):
+            before = set(vars(args))
+            try:
+                return run(args, *rest)
+            finally:
+                added[script_of.get(mod.__name__, mod.__name__)] = set(vars(args)) - before
+        monkeypatch.setattr(mod, name, wrapped)
+    script_of = {"lib.engine": "cifar"}
+    for mod in (linear, svm, retrieve, finetune, supervised, engine):
+        keep_args(mod)
     for script, (fn, argv) in runs_of.items():
         folder = tmp_path / script.split(".")[0]
         argv = [*argv, "--out" if script == "retrieve.py" else "--checkpoint-dir", folder]
         code, o, e = call(fn, capsys, *argv)
         assert code in (0, None), (script, e)
+        assert not added.pop(script[:-3]), script
         cfg, res = (json.loads((folder / f).read_text()) for f in ("config.json", "results.json"))
         assert cfg["script"] == res["script"] == script and "workers" not in cfg["identity"]
         last = o.strip().splitlines()
@@ -111,6 +129,8 @@ def test_every_folder_has_its_config_and_results(trained, cifar_dir, tmp_path, c
             assert f"precision@3={s['precision']:.2f} knn_top1={s['knn']}" in o
         elif script == "finetune.py":
             assert f"finetune: top1={res['test']['top1']:.2f}" in o
+        elif script == "cifar.py":
+            assert f"Top1: {res['final']['knn_top1']:.2f}" in final_line(o)
         else:
             assert f"supervised: top1={res['test']['top1']:.2f}" in o
     # a script never takes another script's folder

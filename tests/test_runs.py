@@ -168,12 +168,11 @@ def test_extreme_seed_trains(cifar_dir, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_sync_bn_is_refused_off_gpu():
-    import argparse
+def test_sync_bn_is_refused_off_gpu(monkeypatch):
     from lib import engine
     from lib.errors import UserError
     net = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
-    one = argparse.Namespace(distributed=False)
-    assert engine.sync_batchnorm(net, one, torch.device("cpu")) is net
+    assert engine.sync_batchnorm(net, torch.device("cpu")) is net  # one process
+    monkeypatch.setattr(engine.du, "is_dist", lambda: True)
     with pytest.raises(UserError, match="--sync-bn needs GPUs"):
-        engine.sync_batchnorm(net, argparse.Namespace(distributed=True), torch.device("cpu"))
+        engine.sync_batchnorm(net, torch.device("cpu"))
