@@ -126,13 +126,13 @@ def check_args(args):
                         f"--momentum {args.momentum})")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout must be in (0, 1) (got {args.holdout})")
-    return Plan(lrs, mults, milestones)
     if args.test_subset < 0 or args.eval_every < 0 or args.workers < 0 or args.print_freq < 1:
         raise UserError("--test-subset, --eval-every and -j must be >= 0, -p >= 1")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} must be divisible by the {args.world_size} processes")
     if args.width is not None and args.width < 1:
         raise UserError(f"--width must be >= 1 (got {args.width})")
+    return Plan(lrs, mults, milestones)
 
 
 # --- the network: the backbone's pooled feature -> a new Linear ---------------------------------

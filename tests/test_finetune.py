@@ -187,12 +187,12 @@ def test_grid_never_reads_the_test_set(cifar_dir, tiny_ckpt, tmp_path, capsys, m
         events.append(("open", "train" if train else "test"))
         return real_open(dataset, data_, train, *a, **k)
 
-    def fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, *a, **k):
+    def fit(args, plan, tag, setting, backbone0, dim, train_ds, eval_ds, what, *a, **k):
         base = eval_ds
         while hasattr(base, "dataset"):
             base = base.dataset
         events.append(("fit", tag, what, base.train))  # CIFAR10Instance.train: the training split
-        return real_fit(args, tag, setting, backbone0, dim, C, train_ds, eval_ds, what, *a, **k)
+        return real_fit(args, plan, tag, setting, backbone0, dim, train_ds, eval_ds, what, *a, **k)
 
     monkeypatch.setattr(registry, "open_split", open_split)
     monkeypatch.setattr(finetune, "fit", fit)
@@ -249,6 +249,11 @@ def test_bad_input_is_one_line(cifar_dir, imagenet_dir, tiny_ckpt, tmp_path, cap
         (["--data", cifar_dir, "--pretrained", tiny_ckpt, "--labels", "1%", "--lr", "0.1,x"], "comma-separated numbers"),
         (["--data", cifar_dir, "--pretrained", tiny_ckpt, "--labels", "1%", "--lr", "0"], "must be > 0"),
         (["--data", cifar_dir, "--pretrained", tiny_ckpt, "--labels", "1/class", "--lr", "0.1,0.01"], "at least 2 per class"),
+        # the checks after the Plan's (a return above them once skipped them all)
+        (["--data", cifar_dir, "--pretrained", tiny_ckpt, "--labels", "1%", "--eval-every", "-1"], "-p >= 1"),
+        (["--data", cifar_dir, "--pretrained", tiny_ckpt, "--labels", "1%", "-p", "0"], "-p >= 1"),
+        (["--data", cifar_dir, "--pretrained", "none", "--arch", "ResNet10", "--width", "0", "--labels", "1%"],
+         "--width must be >= 1"),
     ]
     for argv, msg in cases:
         code, out, err = ft(capsys, *argv, "-j", "0", "--checkpoint-dir", tmp_path / "bad")
