@@ -16,7 +16,7 @@ FAST=$("$PY" -m lib.amp auto); AMP=${FAST%%$'\n'*}
 npid_clear "$OUT" checkpoint.pth model_best.pth log.txt tb retrievals.png stdout.txt config.json results.json nn -- ./data
 echo "${FAST#*$'\n'}"
 "$PY" cifar.py --dataset fashion-mnist --data ./data --train-subset 10000 --test-subset 2000 \
-  --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.2 --nce-m 0.5 --lr 0.03 --cos --epochs 40 -b 128 \
+  --arch ResNet10 --width 16 --nce-k 0 --nce-t 0.2 --nce-m 0.5 --lr 0.03 --cos --epochs 60 -b 128 \
   --crop-min 0.8 --knn-t 0.1 -j 1 --gpu-aug --channels-last --amp "$AMP" --baselines -p 40 --checkpoint-dir "$OUT" "$@" | tee "$OUT/stdout.txt"
 # the nearest-neighbour page (NPID against raw pixels on the same split), the map, and the features
 # as an index for `retrieve.py --index $OUT/nn/features.pt --pretrained $OUT/checkpoint.pth --query IMAGE`

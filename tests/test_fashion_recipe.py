@@ -135,3 +135,27 @@ def test_gpu_aug_draws_what_the_pil_list_draws(flags):
         assert not all(abs(plain[k] - ref[k]) <= tol[k] for k in ref)
     assert (ref["flipped"] > 0.4) == ("--flip" in flags)
     assert (ref["bright_std"] > 0.1) == ("--jitter" not in flags)
+
+
+
+def test_the_recipe_scripts_are_the_studys_choice():
+    """scripts/quickstart.sh trains the study's chosen point (its flags, the quick start's test subset
+    in place of --holdout, kNN printed at the study's sigma 0.1), and scripts/fashion_mnist_60min.sh
+    the same recipe on all 60k images with its own epochs: a recipe changed in one place fails here."""
+    import importlib.util
+    import os
+    from test_fast_path import ROOT, pairs, script_flags
+    spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "scripts", "fashion_mnist_study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    runtime = {"--data", "-j", "-p", "--baselines", "--checkpoint-dir", "$@", "--amp", "--retrievals",
+               "--holdout", "--test-subset", "--eval-every"}
+    flags = [*study.BASE, *study.POINTS[study.CHOSEN]]
+    want = dict(pairs(flags, runtime))
+    for i, f in enumerate(flags):  # argparse: the last occurrence of a flag wins
+        if f in want and i + 1 < len(flags) and not flags[i + 1].startswith("-"):
+            want[f] = flags[i + 1]
+    want["--knn-t"] = "0.1"
+    assert pairs(script_flags("scripts/quickstart.sh"), runtime) == sorted(want.items())
+    full = sorted((f, v) for f, v in want.items() if f not in ("--train-subset", "--epochs"))
+    assert [(f, v) for f, v in pairs(script_flags("scripts/fashion_mnist_60min.sh"), runtime) if f != "--epochs"] == full
