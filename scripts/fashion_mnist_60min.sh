@@ -6,7 +6,8 @@
 # precision@20 of retrieve.py's page. 45 epochs: about 60 min of training on a 2-core CPU with
 # AVX512-BF16 (bf16 autocast there, as the quick start; float32 and slower elsewhere).
 #   bash scripts/fashion_mnist_60min.sh                 # trains (resumes an interrupted run), then scores
-#   bash scripts/fashion_mnist_60min.sh --seed 1        # flags after the command go to cifar.py (last wins)
+#   OUT=checkpoints/fashion_60min_s1 bash scripts/fashion_mnist_60min.sh --seed 1   # another seed, its own folder
+# (flags after the command go to cifar.py, the last one wins; another run in the same folder is refused)
 # Same command again: cifar.py continues its checkpoint (a finished run is only scored again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
