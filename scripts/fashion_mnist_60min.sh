@@ -23,6 +23,9 @@ mkdir -p "$OUT"
 # the page of NPID against raw pixels on the full split (P@20 over all 10k test queries)
 "$PY" retrieve.py --dataset fashion-mnist --data ./data -j 1 --amp "$AMP" --pretrained "$OUT/npid/checkpoint.pth" \
   --names NPID --out "$OUT/nn" --knn-t 0.1 | tee "$OUT/retrieve.txt"
-P=$(sed -n 's/^NPID: precision@20=\([0-9.]*\).*/\1/p' "$OUT/retrieve.txt" | tail -1)
-R=$(sed -n 's/^raw pixels: precision@20=\([0-9.]*\).*/\1/p' "$OUT/retrieve.txt" | tail -1)
-echo "$(grep '^summary:' "$OUT/train.txt" | tail -1 | sed 's/^summary:/fashion_60min:/') precision@20: npid=$P raw_pixels=$R"
+# the last line: kNN (k=200, sigma 0.1) and precision@20 of the saved checkpoint and of raw pixels, all
+# from retrieve.py's run on that checkpoint (a resumed cifar.py prints no baselines of its own)
+figs() { sed -n "s/^$1: precision@20=\([0-9.]*\) knn_top1=\([0-9.]*\) .*/kNN=\2 precision@20=\1/p" "$OUT/retrieve.txt"; }
+N=$(figs NPID); R=$(figs "raw pixels")
+[ -n "$N" ] && [ -n "$R" ] || { echo "error: no figures in $OUT/retrieve.txt" >&2; exit 1; }
+echo "fashion_60min: npid $N raw_pixels $R"
