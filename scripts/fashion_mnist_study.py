@@ -58,6 +58,7 @@ POINTS["crop0.9+t0.2"] = ["--crop-min", "0.9", "--nce-t", "0.2"]
 POINTS["crop0.7+t0.2"] = ["--crop-min", "0.7", "--nce-t", "0.2"]
 POINTS["crop0.8+t0.2+b64"] = POINTS["crop0.8+t0.2"] + ["-b", "64"]
 POINTS["crop0.8+t0.2+e60"] = POINTS["crop0.8+t0.2"] + ["--epochs", "60"]
+POINTS["crop0.8+t0.2+e60+lr0.06"] = POINTS["crop0.8+t0.2+e60"] + ["--lr", "0.06"]
 POINTS["crop0.8+t0.3+e60"] = POINTS["crop0.8+t0.3"] + ["--epochs", "60"]
 POINTS["baseline+w32"] = ["--width", "32"]
 # the levers left for precision@20 at the chosen point: more steps (epochs, lr), the MLP head, CLD's
