@@ -150,11 +150,7 @@ def test_the_recipe_scripts_are_the_studys_choice():
     spec.loader.exec_module(study)
     runtime = {"--data", "-j", "-p", "--baselines", "--checkpoint-dir", "$@", "--amp", "--retrievals",
                "--holdout", "--test-subset", "--eval-every"}
-    flags = [*study.BASE, *study.POINTS[study.CHOSEN]]
-    want = dict(pairs(flags, runtime))
-    for i, f in enumerate(flags):  # argparse: the last occurrence of a flag wins
-        if f in want and i + 1 < len(flags) and not flags[i + 1].startswith("-"):
-            want[f] = flags[i + 1]
+    want = dict(pairs([*study.BASE, *study.POINTS[study.CHOSEN]], runtime))  # the point's flags win over BASE's
     want["--knn-t"] = "0.1"
     assert pairs(script_flags("scripts/quickstart.sh"), runtime) == sorted(want.items())
     full = sorted((f, v) for f, v in want.items() if f not in ("--train-subset", "--epochs"))

@@ -43,14 +43,15 @@ def script_flags(path):
 
 
 def pairs(flags, drop):
-    out, i = [], 0
+    """(flag, value) of each flag not in `drop`, sorted by flag; a repeated flag keeps its last value, as in argparse."""
+    out, i = {}, 0
     while i < len(flags):
         f = flags[i]
         has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--") and not re.fullmatch(r"-[a-z]", flags[i + 1])
         if f not in drop:
-            out.append((f, flags[i + 1] if has_value else None))
+            out[f] = flags[i + 1] if has_value else None
         i += 2 if has_value else 1
-    return sorted(out)
+    return sorted(out.items())
 
 
 def test_bench_recipes_are_the_scripts():
