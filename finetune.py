@@ -238,8 +238,8 @@ LABELS = {"setting": "the setting", "tag": "the training", "num_classes": "the n
           "subset_sha": "the labelled subset (its images)", "init_sha256": "the pretrained weights"}
 
 
-def own_identity(args, plan):
-    return runs.identity(args, init_sha256=plan.init_sha256, subset_sha=plan.subset_sha, num_classes=plan.num_classes)
+def beyond_flags(plan):
+    return dict(init_sha256=plan.init_sha256, subset_sha=plan.subset_sha, num_classes=plan.num_classes)
 
 
 def tag_of(lr, mult):
@@ -250,34 +250,20 @@ def run_file(args, plan, tag, setting):
     """(path, run identity) of one training's checkpoint; `setting` (lr, mult), or ('grid', lr, mult)
     for the final training of a grid: the setting the grid chose (a final trained with another is
     another run)."""
-    run_id = {**own_identity(args, plan), "tag": tag, "setting": list(setting)}
+    run_id = {**runs.identity(args, **beyond_flags(plan)), "tag": tag, "setting": list(setting)}
     return os.path.join(args.checkpoint_dir, f"finetune-{tag}.pth"), run_id
 
 
-def check_folder(args, plan):
-    """The run identity of the folder (`run.json`, written at a run's start): a folder that holds
-    another run (a grid beside a single setting, another subset, ...), or files of no run of this
-    script, is refused before anything is written, even if that run stopped before its first
-    checkpoint. Returns this run's identity."""
-    identity = own_identity(args, plan)
-    path = os.path.join(args.checkpoint_dir, "run.json")
+def check_folder(args, run):
+    """A folder holds one run, said by its config.json (a grid beside a single setting, another subset,
+    ... is refused before anything is written, even if that run stopped before its first checkpoint);
+    files of no run of this script are refused too."""
+    run.check_owner(same_run=True)
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
-    mine = any(f.startswith("finetune-") and f.endswith(".pth") for f in here)  # a run older than run.json
-    if not os.path.isfile(path) and not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write
+    mine = any(f == "config.json" or f == "run.json" or f.startswith("finetune-") and f.endswith(".pth") for f in here)
+    if not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write; run.json: a run before config.json
         raise UserError(f"--checkpoint-dir '{args.checkpoint_dir}' holds files that finetune.py did not write (no "
-                        "run.json); give a new or empty folder")
-    if args.no_auto_resume or not os.path.isfile(path):
-        return identity
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"'{path}' is not a run identity file of finetune.py ({brief(e)}); use another "
-                        "--checkpoint-dir, or --no-auto-resume to start afresh there") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"'{path}' is not a run identity file of finetune.py; use another --checkpoint-dir")
-    runs.check_same_run(args, {"args": saved}, path, auto=True, new=identity, labels=LABELS)
-    return identity
+                        "config.json); give a new or empty folder")
 
 
 def read_run(args, path, run_id):
@@ -381,17 +367,13 @@ def _run(args):
         fit_pos, held_pos = data.holdout_split(len(idx), args.holdout, args.seed, labels=labelled.targets,
                                                class_names=getattr(train, "classes", None))
     # the folder's run, and every checkpoint this command would continue, checked before anything is written
-    identity = check_folder(args, plan)
+    run = runs.Run(args.checkpoint_dir, "finetune.py", args, beyond_flags(plan), du.is_main_process(),
+                   args.log_dir, LABELS)
+    check_folder(args, run)
     for lr, m in settings if grid else [settings[0]]:
         read_run(args, *run_file(args, plan, "grid-" + tag_of(lr, m) if grid else "train", (lr, m)))
-    if du.is_main_process():  # run.json first: a folder with a config.json and no run.json is no run of this script
-        checkpoint.check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-        checkpoint.write_text_atomic(os.path.join(args.checkpoint_dir, "run.json"),
-                                     json.dumps(identity, sort_keys=True, indent=1) + "\n", "run identity file")
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run = runs.Run(args.checkpoint_dir, "finetune.py", args, {"init_sha256": plan.init_sha256, "subset_sha": plan.subset_sha},
-                   du.is_main_process(), args.log_dir).start(args.device, resumed_epoch=0 if fresh else None,
-                                                             purge_step=0 if fresh else None)
+    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
     if du.is_main_process():
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):

@@ -79,7 +79,7 @@ def train(args):
             total, n = total + loss.item() * len(targets), n + len(targets)
         return f"loss {total / n:.4f}", {"train_loss": total / n}, {"loss": total / n}, None
 
-    objects = {"state_dict": model, "head": head, "optimizer": opt, "rng": trainer.GlobalRNG()}
+    objects = {"state_dict": model, "head": head, "optimizer": opt, "rng": runs.RNG()}
     extra = {"arch": args.arch, "supervised": True}
     trainer.fit(args, run, path, run_id, "train", objects, epoch_fn, ck, extra)
     if args.epochs == 0:  # the untrained network, saved all the same

@@ -209,6 +209,7 @@ class Setup:
     start_epoch: int
     best: float             # the monitor's best so far, for model_best.pth
     labelled: bool          # False: a folder of your own images, no labels, no kNN anywhere
+    baselines: dict         # --baselines' figures, computed before the first step and kept in the checkpoint
 
 
 def _run(args, make_task, script):
@@ -220,13 +221,16 @@ def _run(args, make_task, script):
     run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir)
     # TensorBoard's step: images seen (whatever the batch); an interrupted epoch's points are purged
     run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s))
-    baselines = {}
+    baselines = s.baselines  # a resumed run's: those its first epoch computed (its checkpoint's)
     if args.baselines and s.start_epoch == 0:  # the same network before any step, and raw pixels
         baselines["random_init"] = evaluate(s.model, s.method.bank, s.train_labels, s.loaders, s.task, args, s.device,
                                             "recompute", s.autocast)[0]["knn_top1"]
         baselines["raw_pixels"] = report.raw_pixel_knn(s.loaders[1], s.loaders[2], s.train_labels, s.task.num_classes,
                                                        s.task.mean, s.task.std, args.knn_k, knn_sigma(args))
+    if baselines:
         print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
+    elif args.baselines:
+        print(" * no baselines: this run's checkpoint has none (it started without --baselines)")
     train(args, s, run)
     final = final_evaluation(args, s, run, baselines)
     run.close()
@@ -283,7 +287,8 @@ def setup(args, make_task):
     loaders = make_loaders(task, args)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
     return Setup(task, model, train_model, method, optimizer, scaler, loaders, train_labels, device,
-                 amp_context(args, device), start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled)
+                 amp_context(args, device), start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled,
+                 dict((ck or {}).get("baselines") or {}) if args.baselines and start_epoch else {})
 
 
 def evaluate_only(args, s):
@@ -337,7 +342,7 @@ def train(args, s, run):
             # the log first: cut before the checkpoint, the resume trains this epoch again and drops its line
             run.log(stats, step=(epoch + 1) * U - 1)
             path = save(args, epoch + 1, s.model, bank, s.optimizer, stats, rngs, s.best, is_best, s.scaler,
-                        s.method.head_state(), images=getattr(s.task.train, "rel", None))
+                        s.method.head_state(), images=getattr(s.task.train, "rel", None), baselines=s.baselines)
             errors.on_interrupt(runs.resume_hint(args, epoch + 1, path, saved=True))
         print(f" * epoch {epoch} took {time.time() - t0:.1f} s; {progress.step()} for {args.epochs - epoch - 1} more")
 

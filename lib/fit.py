@@ -4,8 +4,6 @@ atomically, then written to TensorBoard, in this order, so that a run cut anywhe
 and logs each epoch once; Ctrl-C says how to continue. What an epoch does is the caller's `epoch_fn`."""
 import time
 
-import torch
-
 from lib import checkpoint, errors, runs
 from lib import dist as du
 
@@ -18,7 +16,7 @@ def fit(args, run, path, run_id, tag, objects, epoch_fn, ck=None, extra=None, wh
     names the objects in an error line (the network, a head)."""
     start, result = 0, None
     if ck is not None:
-        runs.load_states(path, [(obj, ck[k]) for k, obj in objects.items() if k in ck], what)
+        runs.restart_from_checkpoint(path, ck, what, **objects)
         start, result = ck["epoch"], ck.get("result")
         print(f"=> [{tag}] resumed from '{path}' at epoch {start}" + (" (finished)" if start == args.epochs else ""))
     run.keep_log(lambda d: d.get("tag") != tag or d.get("epoch", 0) < start)  # each epoch logged once
@@ -49,14 +47,3 @@ def save(path, run_id, epoch, objects, result=None, extra=None):
 def choose(held):
     """The setting of the best held-out score ({setting: score}); ties: the first in grid order."""
     return max(held, key=held.get)
-
-
-class GlobalRNG:
-    """torch's global generators (what --gpu-aug draws from) as a checkpointed object; saved as the
-    trainers save theirs, one state per rank (here one process)."""
-
-    def state_dict(self):
-        return [runs.rng_state()]
-
-    def load_state_dict(self, states):
-        runs.set_rng_state(states[0], torch.cuda.is_available())

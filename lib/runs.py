@@ -37,15 +37,30 @@ def rng_state():
     return s
 
 
-def set_rng_state(s, cuda):
-    """rng_state()'s inverse; `cuda`: this process computes on CUDA (its generator is restored too)."""
-    torch.set_rng_state(s["cpu"])
-    if "cuda" in s and cuda:
-        torch.cuda.set_rng_state(s["cuda"])
+class RNG:
+    """torch's global generators (augmentation draws, --gpu-aug's) as a checkpointed object: the
+    checkpoint holds one state per rank (a trainer gathers them: engine), restored only where the
+    world size is the same; `cuda`: this process computes on CUDA (its generator is restored too)."""
+
+    def __init__(self, rank=0, world_size=1, cuda=torch.cuda.is_available()):
+        self.rank, self.world_size, self.cuda = rank, world_size, cuda
+
+    def state_dict(self):
+        return [rng_state()]
+
+    def load_state_dict(self, states):
+        if not states:
+            raise ValueError("the checkpoint's generator state is empty")
+        if len(states) == self.world_size:  # another world size: each rank's generators start anew
+            torch.set_rng_state(states[self.rank]["cpu"])
+            if "cuda" in states[self.rank] and self.cuda:
+                torch.cuda.set_rng_state(states[self.rank]["cuda"])
 
 
-def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None, images=None):
-    """`images`: an unlabelled folder's relative paths, the order its bank rows follow (None otherwise)."""
+def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=False, scaler=None, head=None, images=None,
+         baselines=None):
+    """`images`: an unlabelled folder's relative paths, the order its bank rows follow (None otherwise);
+    `baselines`: --baselines' figures of the run's start, which a resumed run prints and saves again."""
     state = {"epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(),
              "memory": {"type": type(bank).__name__, **bank.state_dict()},
              "optimizer": optimizer.state_dict(), "args": plain_args(args), "rng": rngs, "stats": stats,
@@ -56,6 +71,8 @@ def save(args, epoch, model, bank, optimizer, stats, rngs, best_knn, is_best=Fal
         state["method_head"] = head
     if images is not None:
         state["images"] = list(images)
+    if baselines:
+        state["baselines"] = dict(baselines)
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     checkpoint.save_atomic(state, path)
     if is_best:  # a convenience copy only: the reported figure is always the last epoch's
@@ -166,12 +183,14 @@ def read_continued(args, path, run_id, what, fields, marker, script, labels=None
     return ck
 
 
-def load_states(path, pairs, what="network"):
-    """load_state_dict(state) for each (object, state) of a continued checkpoint: a state that does not
-    fit (or is malformed) is one UserError line naming `path`."""
+def restart_from_checkpoint(path, ck, what="network", **objects):
+    """DINO's restart_from_checkpoint: each named object (None: skipped) loads its state from the
+    continued checkpoint `ck` (read from `path`) where it holds one; a state that does not fit, or is
+    malformed, is one UserError line naming `path` and `what`."""
     try:
-        for obj, state in pairs:
-            obj.load_state_dict(state)
+        for key, obj in objects.items():
+            if obj is not None and key in ck:
+                obj.load_state_dict(ck[key])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise UserError(f"'{path}' does not fit this {what} ({brief(e)}); use another --checkpoint-dir, or "
                         "--no-auto-resume to start afresh there") from None
@@ -305,17 +324,10 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=Non
     bank.load_state_dict({"memory": mem["memory"], "params": mem["params"]})
     if method is not None:
         load_method_head(method, ck, path)
-    try:  # a foreign file can pass the type checks of checkpoint.as_npid and still not fit
-        if "optimizer" in ck and not ck.get("legacy"):
-            optimizer.load_state_dict(ck["optimizer"])
-        if scaler is not None and "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        rngs = ck.get("rng") or []
-        if len(rngs) == args.world_size:
-            set_rng_state(rngs[args.rank], args.device.startswith("cuda"))
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise UserError(f"--resume: '{path}': its optimizer, scaler or RNG state does not fit this run "
-                        f"({brief(e)})") from None
+    # a foreign file can pass the type checks of checkpoint.as_npid and still not fit
+    restart_from_checkpoint(path, ck, "run: its optimizer, scaler or RNG state", scaler=scaler,
+                            optimizer=None if ck.get("legacy") else optimizer,
+                            rng=RNG(args.rank, args.world_size, args.device.startswith("cuda")) if ck.get("rng") else None)
     print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
     return ck["epoch"], ck
 
@@ -343,8 +355,9 @@ class Run:
     (the figures the script printed last). Every script that writes a folder writes it through
     this; only the main process writes (`main`)."""
 
-    def __init__(self, folder, script, args, extra=None, main=True, log_dir=None):
-        self.dir, self.script, self.args, self.main = folder, script, args, main
+    def __init__(self, folder, script, args, extra=None, main=True, log_dir=None, labels=None):
+        """`extra`: the run's identity beyond its flags (lib/runs.identity); `labels` names those values."""
+        self.dir, self.script, self.args, self.main, self.labels = folder, script, args, main, labels
         self.identity = identity(args, **(extra or {}))
         self.log_dir = log_dir or os.path.join(folder, "tb")
         self.writer, self.t0 = None, time.time()
@@ -368,14 +381,23 @@ class Run:
             self.writer = report.tensorboard(self.log_dir, purge_step)
         return self
 
-    def check_owner(self):
+    def check_owner(self, same_run=False):
         """Never another script's folder (its config.json, or a trainer's checkpoint.pth from before
-        config.json): its config and results stay. Called before anything is read or written."""
-        other = script_of(os.path.join(self.dir, "config.json"))
+        config.json): its config and results stay. `same_run`: nor another run of this script (the
+        identity its config.json holds, check_same_run's rule), unless --no-auto-resume starts afresh.
+        Called before anything is read or written."""
+        path = os.path.join(self.dir, "config.json")
+        config = read_config(path)
+        other = config if config is None else config.get("script", "no script of this repo")
         if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:
             other = "a trainer (its checkpoint.pth)"
         if other not in (None, self.script):
             raise UserError(f"'{self.dir}' is a run folder of {other}; give {self.script} another folder")
+        if same_run and other and not self.args.no_auto_resume:
+            if not isinstance(config.get("identity"), dict):
+                raise UserError(f"'{path}' holds no run identity; use another --checkpoint-dir, or --no-auto-resume "
+                                "to start afresh there")
+            check_same_run(self.args, {"args": config["identity"]}, path, True, self.identity, self.labels)
         return self
 
     def keep_log(self, keep):
@@ -417,17 +439,22 @@ class Run:
             self.writer.close()
 
 
-def script_of(path):
-    """The script a config.json names (None: no file); a file that is no config.json of this repo
-    counts as another script's."""
+def read_config(path):
+    """A folder's config.json (None: no file); a file that is no config.json of this repo is {}."""
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            script = json.load(f).get("script")
-    except (OSError, ValueError, AttributeError):
-        script = None
-    return script if isinstance(script, str) else "no script of this repo"
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = None
+    return config if isinstance(config, dict) and isinstance(config.get("script"), str) else {}
+
+
+def script_of(path):
+    """The script a config.json names (None: no file), "no script of this repo" for another file."""
+    config = read_config(path)
+    return config if config is None else config.get("script", "no script of this repo")
 
 
 def _keeps(keep, line):

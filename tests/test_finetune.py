@@ -295,7 +295,7 @@ def test_a_folder_of_another_run_is_refused_before_anything_is_written(cifar_dir
     # a single setting, another subset: no checkpoint of its own there yet, but the folder is another run's
     code, _, err = ft(capsys, "--data", cifar_dir, "--pretrained", tiny_ckpt, *FAST, "--lr", "0.05", "--head-lr-mult",
                       "1", "--labels", "30%", "--checkpoint-dir", out)
-    assert code == 2 and "run.json' is another run" in err and "--labels 20% -> 30%" in err, err
+    assert code == 2 and "config.json' is another run" in err and "--labels 20% -> 30%" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files  # nothing written
 
 

@@ -248,7 +248,8 @@ def _trainings(cifar_dir, imagenet_dir, ck):
     minutes here: its resume is tested in test_own_images.py and test_decode.py, the engine's here)."""
     small = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--test-subset", "40"]
     return {
-        "cifar.py": (cifar.main, ["--data", cifar_dir, *TRAIN[:1], "3", *TRAIN[2:]]),
+        # --baselines: the start's figures, which the resumed run prints and saves again (its last line)
+        "cifar.py": (cifar.main, ["--data", cifar_dir, *TRAIN[:1], "3", *TRAIN[2:], "--baselines"]),
         "main.py": (main.main, [imagenet_dir, "-a", "resnet18", "--epochs", "2", "-b", "8", "--low-dim", "16",
                                 "--nce-k", "auto", "-j", "0", "-p", "1", "--retrievals", "0", "--knn-k", "5"]),
         "linear.py": (linear.main, [*small, "--pretrained", ck, "--cached", "--epochs", "3", "--lr", "1"]),
