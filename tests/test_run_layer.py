@@ -244,8 +244,7 @@ def test_retrieve_checks_a_compared_file_before_extracting(trained, cifar_dir, t
 
 
 def _trainings(cifar_dir, imagenet_dir, ck):
-    """Every script that trains, each with a tiny run of 3 epochs (main.py's 224-px ResNet-18 takes two
-    minutes here: its resume is tested in test_own_images.py and test_decode.py, the engine's here)."""
+    """Every script that trains, each with a tiny run (3 epochs; main.py's 224-px ResNet-18 on 24 images, 2)."""
     small = ["--dataset", "cifar10", "--data", cifar_dir, "-j", "0", "--test-subset", "40"]
     return {
         # --baselines: the start's figures, which the resumed run prints and saves again (its last line)
@@ -260,7 +259,7 @@ def _trainings(cifar_dir, imagenet_dir, ck):
     }
 
 
-@pytest.mark.parametrize("script", ["cifar.py", "linear.py", "finetune.py", "supervised.py"])
+@pytest.mark.parametrize("script", ["cifar.py", "main.py", "linear.py", "finetune.py", "supervised.py"])
 def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exactly(
         script, trained, cifar_dir, imagenet_dir, tmp_path, capsys, monkeypatch):
     from lib import checkpoint
