@@ -23,11 +23,10 @@ import models
 from datasets import InstanceSubset, num_classes, registry
 from datasets.folder import check_val_classes
 from datasets.subset import draw_per_class, parse_labels, read_subset_file, write_subset_file
-from lib import checkpoint
 from lib import dist as du
 from lib import amp, data, engine, features, knn, options, runs
 from lib import fit as trainer
-from lib.errors import UserError, brief, exit_on_error
+from lib.errors import UserError, exit_on_error
 
 RECIPES = {
     # mmselfsup configs/benchmarks/classification/imagenet/imagenet_{1,10}percent/
@@ -259,6 +258,16 @@ def check_folder(args, run):
     ... is refused before anything is written, even if that run stopped before its first checkpoint);
     files of no run of this script are refused too."""
     run.check_owner(same_run=True)
+    legacy = os.path.join(args.checkpoint_dir, "run.json")  # the record of a folder from before config.json
+    if not args.no_auto_resume and os.path.isfile(legacy) and runs.read_config(run.config) is None:
+        try:
+            with open(legacy, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise UserError(f"'{legacy}' is not a run identity file of finetune.py; use another --checkpoint-dir")
+        runs.check_same_run(args, {"args": saved}, legacy, auto=True, new=run.identity, labels=LABELS)
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
     mine = any(f == "config.json" or f == "run.json" or f.startswith("finetune-") and f.endswith(".pth") for f in here)
     if not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write; run.json: a run before config.json

@@ -209,7 +209,7 @@ class Setup:
     start_epoch: int
     best: float             # the monitor's best so far, for model_best.pth
     labelled: bool          # False: a folder of your own images, no labels, no kNN anywhere
-    baselines: dict         # --baselines' figures, computed before the first step and kept in the checkpoint
+    baselines: dict         # --baselines' figures and kNN settings (None: a fresh start): kept in the checkpoint
 
 
 def _run(args, make_task, script):
@@ -221,21 +221,43 @@ def _run(args, make_task, script):
     run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir)
     # TensorBoard's step: images seen (whatever the batch); an interrupted epoch's points are purged
     run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s))
-    baselines = s.baselines  # a resumed run's: those its first epoch computed (its checkpoint's)
-    if args.baselines and s.start_epoch == 0:  # the same network before any step, and raw pixels
-        baselines["random_init"] = evaluate(s.model, s.method.bank, s.train_labels, s.loaders, s.task, args, s.device,
-                                            "recompute", s.autocast)[0]["knn_top1"]
-        baselines["raw_pixels"] = report.raw_pixel_knn(s.loaders[1], s.loaders[2], s.train_labels, s.task.num_classes,
-                                                       s.task.mean, s.task.std, args.knn_k, knn_sigma(args))
+    if s.baselines is None:  # a fresh start: the same network before any step, and raw pixels
+        s.baselines = {}
+        if args.baselines:
+            s.baselines = {"random_init": evaluate(s.model, s.method.bank, s.train_labels, s.loaders, s.task, args,
+                                                   s.device, "recompute", s.autocast)[0]["knn_top1"],
+                           "raw_pixels": report.raw_pixel_knn(s.loaders[1], s.loaders[2], s.train_labels,
+                                                              s.task.num_classes, s.task.mean, s.task.std, args.knn_k,
+                                                              knn_sigma(args)), **baseline_settings(args, s)}
+    # a resumed run's are its start's (its checkpoint's), shown where the kNN that scored them is this run's
+    same = s.baselines and all(s.baselines[k] == v for k, v in baseline_settings(args, s).items())
+    baselines = {k: s.baselines[k] for k in ("random_init", "raw_pixels")} if args.baselines and same else {}
     if baselines:
         print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
     elif args.baselines:
-        print(" * no baselines: this run's checkpoint has none (it started without --baselines)")
+        print(" * no baselines: they are scored before the first step, and the checkpoint resumed holds none "
+              "scored with this kNN (k, sigma, val images)")
     train(args, s, run)
     final = final_evaluation(args, s, run, baselines)
     run.close()
     du.cleanup(barrier=True)
     return final
+
+
+def baseline_settings(args, s):
+    """The kNN that scores --baselines: a resumed run shows its start's figures only under the same."""
+    return {"knn_k": args.knn_k, "knn_t": knn_sigma(args), "val_images": len(s.loaders[2].dataset)}
+
+
+def saved_baselines(ck, path):
+    """A resumed checkpoint's --baselines record ({} if none); a malformed one is one UserError line."""
+    b = ck.get("baselines", {})
+    fields = {"random_init": float, "raw_pixels": float, "knn_k": int, "knn_t": float, "val_images": int}
+    if b and not (isinstance(b, dict) and b.keys() == fields.keys()
+                  and all(isinstance(b[k], t) and not isinstance(b[k], bool) for k, t in fields.items())):
+        raise UserError(f"'{path}' holds a malformed 'baselines' record; use another --checkpoint-dir, or "
+                        "--no-auto-resume to start afresh there")
+    return dict(b)
 
 
 def images_per_epoch(s):
@@ -288,7 +310,7 @@ def setup(args, make_task):
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
     return Setup(task, model, train_model, method, optimizer, scaler, loaders, train_labels, device,
                  amp_context(args, device), start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled,
-                 dict((ck or {}).get("baselines") or {}) if args.baselines and start_epoch else {})
+                 None if ck is None else saved_baselines(ck, resume_path(args)[0]))
 
 
 def evaluate_only(args, s):

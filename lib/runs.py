@@ -183,17 +183,23 @@ def read_continued(args, path, run_id, what, fields, marker, script, labels=None
     return ck
 
 
-def restart_from_checkpoint(path, ck, what="network", **objects):
+AFRESH = "use another --checkpoint-dir, or --no-auto-resume to start afresh there"
+
+
+def restart_from_checkpoint(path, ck, what="network", advice=AFRESH, **objects):
     """DINO's restart_from_checkpoint: each named object (None: skipped) loads its state from the
     continued checkpoint `ck` (read from `path`) where it holds one; a state that does not fit, or is
-    malformed, is one UserError line naming `path` and `what`."""
+    malformed (an optimizer's per-parameter state of another shape too), is one UserError line."""
     try:
         for key, obj in objects.items():
             if obj is not None and key in ck:
                 obj.load_state_dict(ck[key])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise UserError(f"'{path}' does not fit this {what} ({brief(e)}); use another --checkpoint-dir, or "
-                        "--no-auto-resume to start afresh there") from None
+                for p, state in (obj.state.items() if isinstance(obj, torch.optim.Optimizer) else ()):
+                    bad = [tuple(v.shape) for v in state.values() if torch.is_tensor(v) and v.dim() and v.shape != p.shape]
+                    if bad:
+                        raise ValueError(f"its {key} holds a state of shape {bad[0]} for a parameter of {tuple(p.shape)}")
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise UserError(f"'{path}' does not fit this {what} ({brief(e)}); {advice}") from None
 
 
 def check_same_data(args, ck, path):
@@ -325,7 +331,8 @@ def resume(args, model, bank, optimizer, n, scaler=None, method=None, images=Non
     if method is not None:
         load_method_head(method, ck, path)
     # a foreign file can pass the type checks of checkpoint.as_npid and still not fit
-    restart_from_checkpoint(path, ck, "run: its optimizer, scaler or RNG state", scaler=scaler,
+    restart_from_checkpoint(path, ck, "run: its optimizer, scaler or RNG state",
+                            AFRESH if auto else "--resume takes a checkpoint of this run", scaler=scaler,
                             optimizer=None if ck.get("legacy") else optimizer,
                             rng=RNG(args.rank, args.world_size, args.device.startswith("cuda")) if ck.get("rng") else None)
     print(f"=> resumed from '{path}' at epoch {ck['epoch']}")
@@ -358,6 +365,7 @@ class Run:
     def __init__(self, folder, script, args, extra=None, main=True, log_dir=None, labels=None):
         """`extra`: the run's identity beyond its flags (lib/runs.identity); `labels` names those values."""
         self.dir, self.script, self.args, self.main, self.labels = folder, script, args, main, labels
+        self.config = os.path.join(folder, "config.json")
         self.identity = identity(args, **(extra or {}))
         self.log_dir = log_dir or os.path.join(folder, "tb")
         self.writer, self.t0 = None, time.time()
@@ -370,7 +378,7 @@ class Run:
             return self
         self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
-        path = os.path.join(self.dir, "config.json")
+        path = self.config
         config = {"script": self.script, "identity": self.identity, "settings": plain_args(self.args),
                   "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
                   "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -386,7 +394,7 @@ class Run:
         config.json): its config and results stay. `same_run`: nor another run of this script (the
         identity its config.json holds, check_same_run's rule), unless --no-auto-resume starts afresh.
         Called before anything is read or written."""
-        path = os.path.join(self.dir, "config.json")
+        path = self.config
         config = read_config(path)
         other = config if config is None else config.get("script", "no script of this repo")
         if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:

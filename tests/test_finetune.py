@@ -2,6 +2,7 @@
 seeds, the same on every rank), subset files, the pretrained weights really loaded and really
 fine-tuned, the head's lr multiplier, the grid never reading the test set, bit-exact resume, bad input."""
 import collections
+import json
 import os
 import sys
 
@@ -297,6 +298,14 @@ def test_a_folder_of_another_run_is_refused_before_anything_is_written(cifar_dir
                       "1", "--labels", "30%", "--checkpoint-dir", out)
     assert code == 2 and "config.json' is another run" in err and "--labels 20% -> 30%" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files  # nothing written
+    # a folder from before config.json: its run.json is its record
+    (out / "run.json").write_text(json.dumps(json.loads((out / "config.json").read_text())["identity"]))
+    (out / "config.json").unlink()
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = ft(capsys, "--data", cifar_dir, "--pretrained", tiny_ckpt, *FAST, "--lr", "0.05", "--head-lr-mult",
+                      "1", "--labels", "30%", "--checkpoint-dir", out)
+    assert code == 2 and "run.json' is another run" in err and "--labels 20% -> 30%" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
 
 
 def test_the_final_of_a_grid_is_the_chosen_settings(cifar_dir, tiny_ckpt, tmp_path, capsys):

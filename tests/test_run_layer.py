@@ -363,3 +363,31 @@ def test_supervised_folder_reruns_continues_and_refuses_a_bad_state(cifar_dir, t
         torch.save({**ck, **bad}, d / "checkpoint.pth")
         code, _, e = call(supervised.main, capsys, *argv, "--epochs", "2")
         assert code == 2 and len(e.strip().splitlines()) == 1 and "checkpoint.pth" in e, e
+
+
+def test_baselines_stay_with_the_run_and_its_knn(cifar_dir, tmp_path, capsys):
+    d = tmp_path / "b"
+    argv = ["--data", cifar_dir, *TRAIN[2:], "--checkpoint-dir", d]
+    code, first, e = call(cifar.main, capsys, *argv, "--epochs", "1", "--baselines")
+    assert code in (0, None), e
+    summary = [l for l in first.splitlines() if l.startswith(" * baselines:")]
+    # resumed without the flag (an execution flag), then with it: the start's figures all along
+    assert call(cifar.main, capsys, *argv, "--epochs", "2")[0] in (0, None)
+    code, out, e = call(cifar.main, capsys, *argv, "--epochs", "3", "--baselines")
+    assert code in (0, None) and [l for l in out.splitlines() if l.startswith(" * baselines:")] == summary, e
+    assert out.strip().splitlines()[-1].startswith("summary:")
+    assert json.loads((d / "results.json").read_text())["baselines"]["random_init"] == float(summary[0].split()[6][:-1])
+    # scored by another kNN: not shown as this run's
+    code, out, e = call(cifar.main, capsys, *argv, "--epochs", "3", "--baselines", "--knn-k", "5")
+    assert code in (0, None) and "no baselines" in out and "summary:" not in out, e
+    assert "baselines" not in json.loads((d / "results.json").read_text())
+    # a malformed record, a malformed or misshapen optimizer state: one line each
+    ck = torch.load(d / "checkpoint.pth", weights_only=True)
+    p = next(iter(ck["optimizer"]["state"]))
+    buf = ck["optimizer"]["state"][p]["momentum_buffer"]
+    for bad in ({"baselines": "abc"}, {"baselines": {**ck["baselines"], "raw_pixels": "x"}}, {"optimizer": None},
+                {"optimizer": {**ck["optimizer"], "state": []}},
+                {"optimizer": {**ck["optimizer"], "state": {p: {"momentum_buffer": buf.flatten()[:1]}}}}):
+        torch.save({**ck, **bad}, d / "checkpoint.pth")
+        code, _, e = call(cifar.main, capsys, *argv, "--epochs", "4", "--baselines")
+        assert code == 2 and len(e.strip().splitlines()) == 1 and "checkpoint.pth" in e, (bad.keys(), e)
