@@ -41,7 +41,8 @@ def get_args(argv=None):
     p.add_argument("--crop-min", default=0.2, type=float,
                    help="the smallest area share of RandomResizedCrop (the paper's list: 0.2)")
     p.add_argument("--jitter", default=0.4, type=float,
-                   help="ColorJitter's brightness, contrast, saturation and hue strength (the paper's list: 0.4); 0 = no jitter")
+                   help="ColorJitter's brightness, contrast and saturation strength S, hue min(S, 0.5) (the paper's list: "
+                        "0.4 for all four); 0 = no jitter")
     options.flag(p, options.RESUMABLE, "--init", default="authors", choices=["authors", "torchvision"],
                    help="CIFAR ResNet init: the authors' (PyTorch 0.4 defaults) or torchvision's kaiming-normal")
     return runs.parse(p, argv, lambda args: finish(p, args))
@@ -51,8 +52,8 @@ def finish(p, args):
     """cifar.py's checks of its own flags, and its default --checkpoint-dir."""
     if not 0 < args.crop_min <= 1:
         p.error(f"--crop-min must be in (0, 1], got {args.crop_min}")
-    if not 0 <= args.jitter <= 0.5:  # torchvision's hue must be in [0, 0.5]
-        p.error(f"--jitter must be in [0, 0.5], got {args.jitter}")
+    if not 0 <= args.jitter <= 1:  # a factor in [1 - S, 1 + S] stays >= 0
+        p.error(f"--jitter must be in [0, 1], got {args.jitter}")
     if args.holdout < 0:
         p.error(f"--holdout must be >= 0, got {args.holdout}")
     if args.holdout and args.test_subset:
@@ -95,7 +96,7 @@ def transforms_for(args):
     # grayscale (CLD-UnsupervisedLearning datasets/dataloader.py, the non-aug_plus list); --flip adds
     # it too. --jitter 0 leaves ColorJitter out (it would still draw its random order)
     flip = [transforms.RandomHorizontalFlip()] if flips(args) else []
-    colour = [transforms.ColorJitter(*(jitter(args),) * 4)] if jitter(args) else []
+    colour = [transforms.ColorJitter(*(jitter(args),) * 3, min(jitter(args), 0.5))] if jitter(args) else []  # hue <= 0.5
     train_tf = transforms.Compose([
         transforms.RandomResizedCrop(size, scale=crop_scale(args)),
         *colour,

@@ -93,7 +93,7 @@ class GPUAugment:
     def color_jitter(self, x):
         n, dev, f = x.shape[0], x.device, self.jitter
         fac = torch.empty(n, 3, device=dev).uniform_(1 - f, 1 + f)
-        hue = torch.empty(n, device=dev).uniform_(-f, f)
+        hue = torch.empty(n, device=dev).uniform_(-min(f, 0.5), min(f, 0.5))  # torchvision's hue is at most 0.5
         perm = torch.argsort(torch.rand(n, 4, device=dev), 1)  # a random order per image
         for pos in range(4):
             for op in range(4):

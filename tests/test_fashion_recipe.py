@@ -85,7 +85,7 @@ def test_holdout_run_scores_the_held_out_images_and_is_its_own_run(cifar_dir, tm
 
 def test_holdout_refuses_the_test_set_and_bad_values(cifar_dir, capsys):
     for argv in (["--holdout", "10", "--test-subset", "5"], ["--holdout", "-1"], ["--crop-min", "0"],
-                 ["--jitter", "0.6"]):
+                 ["--jitter", "1.1"]):
         code, _, err = call(cifar.main, capsys, "--data", cifar_dir, *argv)
         assert code == 2, argv
     code, _, err = call(cifar.main, capsys, "--data", cifar_dir, "--holdout", "200", *TINY, "--epochs", "0")
@@ -114,7 +114,7 @@ def _stats(x):
 
 
 @pytest.mark.parametrize("flags", [[], ["--flip"], ["--crop-min", "0.8"], ["--jitter", "0"],
-                                   ["--flip", "--crop-min", "0.5", "--jitter", "0"]])
+                                   ["--flip", "--crop-min", "0.5", "--jitter", "0"], ["--jitter", "0.8"]])
 def test_gpu_aug_draws_what_the_pil_list_draws(flags):
     """--gpu-aug with the new flags: the batch statistics of the PIL list (cifar.transforms_for) and of
     the device's augmenter (cifar.gpu_augment_for) agree; and the flags do change them."""
@@ -134,7 +134,7 @@ def test_gpu_aug_draws_what_the_pil_list_draws(flags):
         plain = _stats(undo(cifar.gpu_augment_for(cifar.get_args(["--dataset", "fashion-mnist", "--gpu-aug"]))(batch)))
         assert not all(abs(plain[k] - ref[k]) <= tol[k] for k in ref)
     assert (ref["flipped"] > 0.4) == ("--flip" in flags)
-    assert (ref["bright_std"] > 0.1) == ("--jitter" not in flags)
+    assert (ref["bright_std"] > 0.1) == ("--jitter" not in flags or flags[flags.index("--jitter") + 1] != "0")
 
 
 
