@@ -230,7 +230,7 @@ def _run(args, make_task, script):
                                                               s.task.num_classes, s.task.mean, s.task.std, args.knn_k,
                                                               knn_sigma(args)), **baseline_settings(args, s)}
     # a resumed run's are its start's (its checkpoint's), shown where the kNN that scored them is this run's
-    same = s.baselines and all(s.baselines[k] == v for k, v in baseline_settings(args, s).items())
+    same = s.baselines and all(s.baselines.get(k) == v for k, v in baseline_settings(args, s).items())
     baselines = {k: s.baselines[k] for k in ("random_init", "raw_pixels")} if args.baselines and same else {}
     if baselines:
         print(f" * baselines: kNN top-1 random init {baselines['random_init']:.2f}, raw pixels {baselines['raw_pixels']:.2f}")
@@ -250,13 +250,13 @@ def baseline_settings(args, s):
 
 
 def saved_baselines(ck, path):
-    """A resumed checkpoint's --baselines record ({} if none); a malformed one is one UserError line."""
+    """A resumed checkpoint's --baselines record ({} if none; the figures alone in a checkpoint of 4ba79b8,
+    shown under no kNN); a malformed one is one UserError line."""
     b = ck.get("baselines", {})
     fields = {"random_init": float, "raw_pixels": float, "knn_k": int, "knn_t": float, "val_images": int}
-    if b and not (isinstance(b, dict) and b.keys() == fields.keys()
-                  and all(isinstance(b[k], t) and not isinstance(b[k], bool) for k, t in fields.items())):
-        raise UserError(f"'{path}' holds a malformed 'baselines' record; use another --checkpoint-dir, or "
-                        "--no-auto-resume to start afresh there")
+    if not (isinstance(b, dict) and set(b) in (set(), set(list(fields)[:2]), set(fields))
+            and all(isinstance(v, fields[k]) and not isinstance(v, bool) for k, v in b.items())):
+        raise UserError(f"'{path}' holds a malformed 'baselines' record: not a checkpoint this repo wrote")
     return dict(b)
 
 

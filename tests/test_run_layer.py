@@ -381,13 +381,19 @@ def test_baselines_stay_with_the_run_and_its_knn(cifar_dir, tmp_path, capsys):
     code, out, e = call(cifar.main, capsys, *argv, "--epochs", "3", "--baselines", "--knn-k", "5")
     assert code in (0, None) and "no baselines" in out and "summary:" not in out, e
     assert "baselines" not in json.loads((d / "results.json").read_text())
+    # a record of 4ba79b8 (the figures alone): resumed, its kNN unknown, so not shown
+    ck = torch.load(d / "checkpoint.pth", weights_only=True)
+    torch.save({**ck, "baselines": {k: ck["baselines"][k] for k in ("random_init", "raw_pixels")}}, d / "checkpoint.pth")
+    code, out, e = call(cifar.main, capsys, *argv, "--epochs", "4", "--baselines")
+    assert code in (0, None) and "no baselines" in out and "summary:" not in out, e
     # a malformed record, a malformed or misshapen optimizer state: one line each
     ck = torch.load(d / "checkpoint.pth", weights_only=True)
     p = next(iter(ck["optimizer"]["state"]))
     buf = ck["optimizer"]["state"][p]["momentum_buffer"]
-    for bad in ({"baselines": "abc"}, {"baselines": {**ck["baselines"], "raw_pixels": "x"}}, {"optimizer": None},
+    for bad in ({"baselines": "abc"}, {"baselines": None}, {"baselines": {**ck["baselines"], "raw_pixels": "x"}},
+                {"optimizer": None},
                 {"optimizer": {**ck["optimizer"], "state": []}},
                 {"optimizer": {**ck["optimizer"], "state": {p: {"momentum_buffer": buf.flatten()[:1]}}}}):
         torch.save({**ck, **bad}, d / "checkpoint.pth")
-        code, _, e = call(cifar.main, capsys, *argv, "--epochs", "4", "--baselines")
+        code, _, e = call(cifar.main, capsys, *argv, "--epochs", "5", "--baselines")
         assert code == 2 and len(e.strip().splitlines()) == 1 and "checkpoint.pth" in e, (bad.keys(), e)
