@@ -25,8 +25,8 @@ sys.path.insert(0, ROOT)
 # the training flags of each recipe's cifar.py run (the scripts' own lines), and its training set size
 QUICKSTART = ["--dataset", "fashion-mnist", "--train-subset", "10000", "--test-subset", "2000",
               "--arch", "ResNet10", "--width", "16", "--nce-k", "0", "--nce-t", "0.2", "--nce-m", "0.5",
-              "--lr", "0.03", "--cos", "--epochs", "60", "-b", "128", "--crop-min", "0.8", "--knn-t", "0.1",
-              "--gpu-aug", "--channels-last"]
+              "--lr", "0.03", "--cos", "--epochs", "60", "-b", "128", "--crop-min", "0.8", "--jitter", "0.8",
+              "--knn-t", "0.1", "--gpu-aug", "--channels-last"]
 # scripts/fashion_mnist_benchmark.sh's COMMON: all 60k images, 9 epochs (its EPOCHS), weight decay 5e-4
 BENCHMARK = ["--dataset", "fashion-mnist", "--arch", "ResNet10", "--width", "16", "--nce-k", "0", "--nce-t", "0.1",
              "--nce-m", "0.5", "--lr", "0.03", "--cos", "-b", "128", "--wd", "5e-4", "--epochs", "9", "--gpu-aug",

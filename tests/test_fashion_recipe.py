@@ -141,7 +141,7 @@ def test_gpu_aug_draws_what_the_pil_list_draws(flags):
 def test_the_recipe_scripts_are_the_studys_choice():
     """scripts/quickstart.sh trains the study's chosen point (its flags, the quick start's test subset
     in place of --holdout, kNN printed at the study's sigma 0.1), and scripts/fashion_mnist_60min.sh
-    the same recipe on all 60k images with its own epochs: a recipe changed in one place fails here."""
+    its point (CHOSEN_60MIN) on all 60k images with its own epochs: a recipe changed in one place fails here."""
     import importlib.util
     import os
     from test_fast_path import ROOT, pairs, script_flags
@@ -153,5 +153,7 @@ def test_the_recipe_scripts_are_the_studys_choice():
     want = dict(pairs([*study.BASE, *study.POINTS[study.CHOSEN]], runtime))  # the point's flags win over BASE's
     want["--knn-t"] = "0.1"
     assert pairs(script_flags("scripts/quickstart.sh"), runtime) == sorted(want.items())
+    want = dict(pairs([*study.BASE, *study.POINTS[study.CHOSEN_60MIN]], runtime))
+    want["--knn-t"] = "0.1"
     full = sorted((f, v) for f, v in want.items() if f not in ("--train-subset", "--epochs"))
     assert [(f, v) for f, v in pairs(script_flags("scripts/fashion_mnist_60min.sh"), runtime) if f != "--epochs"] == full
