@@ -257,17 +257,7 @@ def check_folder(args, run):
     """A folder holds one run, said by its config.json (a grid beside a single setting, another subset,
     ... is refused before anything is written, even if that run stopped before its first checkpoint);
     files of no run of this script are refused too."""
-    run.check_owner(same_run=True)
-    legacy = os.path.join(args.checkpoint_dir, "run.json")  # the record of a folder from before config.json
-    if not args.no_auto_resume and os.path.isfile(legacy) and runs.read_config(run.config) is None:
-        try:
-            with open(legacy, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            saved = None
-        if not isinstance(saved, dict):
-            raise UserError(f"'{legacy}' is not a run identity file of finetune.py; use another --checkpoint-dir")
-        runs.check_same_run(args, {"args": saved}, legacy, auto=True, new=run.identity, labels=LABELS)
+    run.check_owner(same_run=True, legacy="run.json")  # run.json: the record of a folder before config.json
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
     mine = any(f == "config.json" or f == "run.json" or f.startswith("finetune-") and f.endswith(".pth") for f in here)
     if not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write; run.json: a run before config.json

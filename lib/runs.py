@@ -389,10 +389,11 @@ class Run:
             self.writer = report.tensorboard(self.log_dir, purge_step)
         return self
 
-    def check_owner(self, same_run=False):
+    def check_owner(self, same_run=False, legacy=None):
         """Never another script's folder (its config.json, or a trainer's checkpoint.pth from before
         config.json): its config and results stay. `same_run`: nor another run of this script (the
-        identity its config.json holds, check_same_run's rule), unless --no-auto-resume starts afresh.
+        identity its config.json holds, or in a folder from before config.json the bare identity of
+        the file `legacy` names; check_same_run's rule), unless --no-auto-resume starts afresh.
         Called before anything is read or written."""
         path = self.config
         config = read_config(path)
@@ -401,7 +402,10 @@ class Run:
             other = "a trainer (its checkpoint.pth)"
         if other not in (None, self.script):
             raise UserError(f"'{self.dir}' is a run folder of {other}; give {self.script} another folder")
-        if same_run and other and not self.args.no_auto_resume:
+        if same_run and other is None and legacy and os.path.isfile(os.path.join(self.dir, legacy)):
+            path = os.path.join(self.dir, legacy)
+            config = {"identity": _read_json(path)}
+        if same_run and config is not None and not self.args.no_auto_resume:
             if not isinstance(config.get("identity"), dict):
                 raise UserError(f"'{path}' holds no run identity; use another --checkpoint-dir, or --no-auto-resume "
                                 "to start afresh there")
@@ -451,12 +455,17 @@ def read_config(path):
     """A folder's config.json (None: no file); a file that is no config.json of this repo is {}."""
     if not os.path.isfile(path):
         return None
+    config = _read_json(path)
+    return config if isinstance(config, dict) and isinstance(config.get("script"), str) else {}
+
+
+def _read_json(path):
+    """A JSON file's value; None where it cannot be read or parsed."""
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
-        config = None
-    return config if isinstance(config, dict) and isinstance(config.get("script"), str) else {}
+        return None
 
 
 def script_of(path):
