@@ -81,6 +81,12 @@ POINTS["crop0.8+t0.2+e80"] = POINTS["crop0.8+t0.2"] + ["--epochs", "80"]
 # the jitter left out costs 5.7 kNN and 7.8 P@20 (seed 0): stronger brightness and contrast jitter
 POINTS["crop0.8+t0.2+e60+j0.5"] = E60 + ["--jitter", "0.5"]
 POINTS["crop0.8+t0.2+e60+j0.8"] = E60 + ["--jitter", "0.8"]
+# at the chosen point (jitter 0.8): PIC and NPID+CLD at the same budget (CLD's two views: 38 epochs cost
+# about what 60 single-view epochs do), and float32 training against the bf16 autocast
+J08 = POINTS["crop0.8+t0.2+e60+j0.8"]
+POINTS["crop0.8+pic+e60+j0.8"] = POINTS["crop0.8+pic+e60"] + ["--jitter", "0.8"]
+POINTS["crop0.8+t0.2+cld+e38+j0.8"] = POINTS["crop0.8+t0.2"] + CLD + ["--epochs", "38", "--jitter", "0.8"]
+POINTS["crop0.8+t0.2+e60+j0.8+fp32"] = J08 + ["--amp", "off"]
 
 # the point the quick start (scripts/quickstart.sh) trains (tests/test_fashion_recipe.py holds it to
 # it): the best precision@20 and kNN on held-out images, both above raw pixels

@@ -157,3 +157,12 @@ def test_the_recipe_scripts_are_the_studys_choice():
     want["--knn-t"] = "0.1"
     full = sorted((f, v) for f, v in want.items() if f not in ("--train-subset", "--epochs"))
     assert [(f, v) for f, v in pairs(script_flags("scripts/fashion_mnist_60min.sh"), runtime) if f != "--epochs"] == full
+    # scripts/fashion_mnist_eval.sh trains (and its supervised row copies) the quick start's recipe, exactly
+    import re
+    import shlex
+    text = open(os.path.join(ROOT, "scripts", "fashion_mnist_eval.sh")).read()
+    recipe = shlex.split(re.search(r'^RECIPE="([^"]*)"', text, re.M).group(1).replace("$DATA", "./data"))
+    assert '$PY cifar.py $RECIPE --amp "$AMP"' in text
+    quick = [f for f in script_flags("scripts/quickstart.sh") if f != "$@"]
+    drop = {"-p", "--baselines", "--checkpoint-dir", "--amp"}
+    assert pairs(recipe, drop) == pairs(quick, drop)
