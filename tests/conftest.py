@@ -65,7 +65,12 @@ def imagenet_dir(tmp_path_factory):
     return write_imagefolder(str(tmp_path_factory.mktemp("imagenet")))
 
 
-def run_script(*args, env=None, timeout=600):
+# a subprocess's timeout in the tests: a hang's safety net only (CI stops at 90 min), never a speed check:
+# the suite runs beside other jobs, and a loaded machine must not fail a test (an hour is far beyond any run)
+HANG_S = 3600
+
+
+def run_script(*args, env=None, timeout=HANG_S):
     """Run a script of the repo in a subprocess; returns CompletedProcess with text output."""
     e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     e.update(env or {})

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, run_here, run_script
+from conftest import HANG_S, ROOT, TINY, run_here, run_script
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -23,7 +23,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(*args, nproc=2, extra=(), timeout=600):
+def torchrun(*args, nproc=2, extra=(), timeout=HANG_S):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            *extra, *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
@@ -101,7 +101,7 @@ def test_distributed_knn_equals_single_process(cifar_dir, tmp_path, capsys):
     procs = [subprocess.Popen([sys.executable, *map(str, ev), "--world-size", "2", "--rank", str(r),
                                "--dist-url", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=ENV, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=HANG_S) for p in procs]
     assert one.returncode == 0 and all(p.returncode == 0 for p in procs), outs[0][1][-2000:]
     line = lambda s: [l for l in s.splitlines() if "kNN" in l][0]
     assert line(one.stdout) == line(outs[0][0])  # recomputed features sharded, counts summed
@@ -140,7 +140,7 @@ def test_killed_rank_restarts_from_checkpoint_without_loss(cifar_dir, tmp_path):
             workers = _children(p.pid)
             os.kill(workers[-1], signal.SIGKILL)
             killed = True
-    p.wait(timeout=300)
+    p.wait(timeout=HANG_S)
     text = "".join(out)
     assert killed and p.returncode == 0, text[-3000:]
     assert "auto-resuming" in text and "resumed from" in text

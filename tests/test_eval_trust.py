@@ -19,7 +19,7 @@ import main as imagenet
 import models
 import supervised
 import svm as svm_script
-from conftest import ROOT, TINY, call
+from conftest import HANG_S, ROOT, TINY, call
 from datasets import ImageFolderInstance, num_classes
 from lib import features
 from lib.errors import UserError
@@ -135,7 +135,7 @@ def test_embed_of_a_bare_backbone_is_an_error_not_a_random_projection(cifar_dir,
 
 def sh(cmd, **env):
     e = dict(os.environ, PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, env=e, timeout=300)
+    return subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, env=e, timeout=HANG_S)
 
 
 def test_eval_script_keeps_a_checkpoint_under_its_output_folder(tiny_ckpt, tmp_path):

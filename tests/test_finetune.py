@@ -11,7 +11,7 @@ import torch
 
 import cifar
 import finetune
-from conftest import ROOT, TINY, call, run_script
+from conftest import HANG_S, ROOT, TINY, call, run_script
 from datasets import registry
 from datasets.subset import draw_per_class, read_subset_file, write_subset_file
 from lib import data, features
@@ -279,7 +279,7 @@ def test_torchrun_ranks_share_the_subset(cifar_dir, tmp_path):
            "--data", cifar_dir, "--pretrained", "none", "--arch", "ResNet10", "--width", "8", "--labels", "20%",
            *FAST, "--lr", "0.05", "--head-lr-mult", "1", "--checkpoint-dir", str(tmp_path / "ddp")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("finetune: top1=") == 1  # printed by rank 0 only
     single = draw_per_class(registry.open_split("cifar10", cifar_dir, True).targets, "20%", 0)

@@ -11,7 +11,7 @@ import torch
 
 import main as main_py
 import models
-from conftest import ROOT, call
+from conftest import HANG_S, ROOT, call
 from legacy import write_legacy_checkpoint
 from lib import export
 
@@ -46,7 +46,7 @@ def hub(tmp_path, code):
             "\nassert datasets.FOREIGN and lib.FOREIGN and models.FOREIGN and sys.modules['datasets'] is datasets\n")
     env = dict(os.environ, PYTHONPATH=str(foreign_packages(tmp_path)), TORCH_HOME=str(tmp_path / "hub"))
     return subprocess.run([sys.executable, "-c", prog], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=HANG_S)
 
 
 def test_released_format_gives_main_py_features(released, imagenet_dir, tmp_path, capsys):

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import HANG_S, ROOT
 
 SCRIPTS = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}  # cifar, main, test, linear, svm, ...
 
@@ -25,7 +25,7 @@ def test_lib_imports_no_top_level_script():
 def test_lib_engine_imports_with_the_repo_appended_from_another_folder(tmp_path):
     code = ("import sys; sys.path.append(sys.argv[1]); import lib.engine, lib.knn; "
             "assert lib.knn.__file__.startswith(sys.argv[1]), lib.knn.__file__; print('ok')")
-    r = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 

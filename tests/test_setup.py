@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT
+from conftest import HANG_S, ROOT
 
 STUBS = ["torch", "torchvision", "tensorboard", "numpy", "PIL", "sklearn", "matplotlib", "pytest"]
 
@@ -85,7 +85,7 @@ def machine(tmp_path):
 
 def sh(repo, env, *cmd):
     t = time.time()
-    r = subprocess.run(["bash", *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["bash", *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=HANG_S)
     return r, time.time() - t
 
 

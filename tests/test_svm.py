@@ -181,7 +181,7 @@ def test_svm_py_on_voc07(voc):
     # small costs: liblinear converges in a few iterations (the default 1,10,100 run to max_iter on
     # these random-init features, minutes on a busy 2-core machine); 2 samples instead of 5
     r = run_script("svm.py", "--dataset", "voc07", "--data", root, "--pretrained", ckpt, "-j", "0", "-b", "20",
-                   "--costs", "0.01,0.1", "--samples", "2", "--device", "cpu", timeout=300)
+                   "--costs", "0.01,0.1", "--samples", "2", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert "layer feat5 (2048 dims)" in out  # ResNet18's feat5 pooled as the multi-head feat5: 2x2x512
