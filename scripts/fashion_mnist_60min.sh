@@ -4,7 +4,7 @@
 # chosen on held-out training images: docs/fashion_mnist_study.md, CHOSEN_60MIN in
 # scripts/fashion_mnist_study.py), then scored ONCE on the 10,000
 # test images against raw pixels on the same split: the weighted kNN (k=200, sigma=0.1) and the
-# precision@20 of retrieve.py's page. 45 epochs: about 60 min of training on a 2-core CPU with
+# precision@20 of retrieve.py's page. 45 epochs: about 57-60 min of training on a 2-core CPU with
 # AVX512-BF16 (bf16 autocast there, as the quick start; float32 and slower elsewhere).
 #   bash scripts/fashion_mnist_60min.sh                 # trains (resumes an interrupted run), then scores
 #   OUT=checkpoints/fashion_60min_s1 bash scripts/fashion_mnist_60min.sh --seed 1   # another seed, its own folder
