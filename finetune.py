@@ -81,16 +81,6 @@ def get_args(argv=None):
     return args
 
 
-def _numbers(flag, text, cast):
-    try:
-        vals = [cast(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        vals = []
-    if not vals:
-        raise UserError(f"{flag} takes comma-separated numbers (got '{text}')")
-    return vals
-
-
 class Plan(NamedTuple):
     """What the run derives from its flags, the initial weights and the labelled subset (never
     written onto args)."""
@@ -110,9 +100,9 @@ def check_args(args):
         raise UserError("give --labels (e.g. 1%, 10%, 60/class) or --subset-file, one of the two")
     if args.labels is not None:
         parse_labels(args.labels)
-    lrs = _numbers("--lr", args.lr, float)
-    mults = _numbers("--head-lr-mult", args.head_lr_mult, float)
-    milestones = _numbers("--schedule", args.schedule or "0", int) if args.schedule else []
+    lrs = options.numbers("--lr", args.lr)
+    mults = options.numbers("--head-lr-mult", args.head_lr_mult)
+    milestones = options.numbers("--schedule", args.schedule, int) if args.schedule else []
     if any(not 0 < v < math.inf for v in lrs + mults) or len(set(lrs)) < len(lrs) or len(set(mults)) < len(mults):
         raise UserError(f"--lr and --head-lr-mult values must be > 0, finite and distinct (got '{args.lr}', "
                         f"'{args.head_lr_mult}')")
@@ -334,7 +324,7 @@ def labelled_subset(args, train):
 def _run(args):
     du.init_distributed_mode(args)
     plan = check_args(args)
-    args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
+    args.amp, autocast = amp.setup(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone0, info = initial_backbone(args)
@@ -378,7 +368,6 @@ def _run(args):
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):
             write_subset_file(subset_path, idx, names, args.dataset, f"labels={args.labels or subset_tag}")
         print(f"=> checkpoints and the subset ('{subset_path}') in '{args.checkpoint_dir}'")
-    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)
     lr, mult = settings[0]
     if grid:
         held = {}

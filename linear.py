@@ -84,12 +84,8 @@ def check_args(args):
         raise UserError(f"-j must be >= 0 and -p >= 1 (got -j {args.workers}, -p {args.print_freq})")
     if args.batch_size % args.world_size:
         raise UserError(f"-b {args.batch_size} must be divisible by the {args.world_size} processes")
-    try:
-        milestones = [int(m) for m in args.schedule.split(",") if m.strip()]
-        grid = [float(v) for v in args.lr_grid.split(",")] if args.lr_grid else []
-    except ValueError:
-        raise UserError(f"--schedule and --lr-grid take comma-separated numbers (got '{args.schedule}', "
-                        f"'{args.lr_grid}')") from None
+    milestones = options.numbers("--schedule", args.schedule, int) if args.schedule.strip() else []
+    grid = options.numbers("--lr-grid", args.lr_grid) if args.lr_grid else []
     if any(not 0 < g < math.inf for g in grid) or len({grid_tag(g) for g in grid}) < len(grid):
         raise UserError(f"--lr-grid values must be > 0, finite and distinct (got '{args.lr_grid}')")  # 0: untrained
     if any(m < 1 for m in milestones):
@@ -351,7 +347,7 @@ def batch_sources(args, plan, backbone, train, train_eval, val, layers, pool, au
 def _run(args):
     du.init_distributed_mode(args)
     plan = check_args(args)
-    args.amp = amp.resolve_said(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
+    args.amp, autocast = amp.setup(args.amp, torch.device(args.device).type)  # auto: the run records what it chose
     print(f"git: {runs.git_sha()}")
     print("args: " + json.dumps(runs.plain_args(args), sort_keys=True))
     backbone, info = features.load_backbone(args.pretrained, args.arch, args.width, args.device)
@@ -369,7 +365,6 @@ def _run(args):
     channels = features.tap_channels(backbone, layers, size) if args.head == "multi" else None
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
-    autocast = amp.autocast_for(args.amp, torch.device(args.device).type)  # args.amp: resolved in _run
     run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": plan.sha256}, du.is_main_process(),
                    args.log_dir, LABELS).check_owner(same_run=True)
     for tag, g in [(grid_tag(g), g) for g in plan.grid] or [("train", args.lr)]:  # before any extraction

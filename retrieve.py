@@ -72,9 +72,7 @@ def get_args(argv=None):
     options.flag(g, options.EXEC, "--json", default=None, metavar="FILE", help="write the results as JSON")
     g = p.add_argument_group("run")
     options.add_extraction(g, 256)
-    args = options.parse(p, argv)
-    args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")
-    return args
+    return options.data_from_args(options.parse(p, argv))
 
 
 def check_args(args):
@@ -152,11 +150,6 @@ def loader(args, ds):
     return torch.utils.data.DataLoader(features.ImagesOnly(ds), batch_size=args.batch_size, num_workers=args.workers)
 
 
-def bare_names(paths):
-    """CLASS/FILE of each path: what two copies of one image folder have in common."""
-    return ["/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in paths]
-
-
 # --- the sources ------------------------------------------------------------------------------
 
 def checkpoint_source(args, path, data, autocast, loaded):
@@ -195,7 +188,7 @@ def file_source(args, path, data, labels, names, obj=None):
             raise UserError(f"{what} images whose {s} labels differ from this dataset's (another dataset, subset "
                             "or class order)")
         paths, here = f.get(f"{s}_paths"), export.image_paths(data[s])
-        if (paths is None) != (here is None) or (here is not None and bare_names(paths) != bare_names(here)):
+        if (paths is None) != (here is None) or (here is not None and list(map(source_name, paths)) != list(map(source_name, here))):
             raise UserError(f"{what} other {s} image files than '{args.root or args.data}' holds")
     if f.get("classes") and list(f["classes"]) != names:
         raise UserError(f"{what} classes {list(f['classes'])[:3]}..., this dataset has {names[:3]}...")
@@ -213,7 +206,8 @@ def raw_source(args, data):
 
 
 def source_name(path):
-    """checkpoints/quickstart/checkpoint.pth -> 'quickstart/checkpoint.pth'."""
+    """checkpoints/quickstart/checkpoint.pth -> 'quickstart/checkpoint.pth'; of an image, CLASS/FILE:
+    what two copies of one image folder have in common."""
     return "/".join(os.path.normpath(path).split(os.sep)[-2:])
 
 
@@ -316,11 +310,10 @@ def check_out(args):
         raise UserError(f"--out '{out}' holds files that retrieve.py did not write; give a new or empty folder")
     old = {}
     if os.path.isfile(os.path.join(out, "retrieve.json")):
-        try:
-            with open(os.path.join(out, "retrieve.json")) as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            raise UserError(f"--out '{out}': its retrieve.json is unreadable; give a new or empty folder") from None
+        old = runs.read_json(os.path.join(out, "retrieve.json"))
+        if not isinstance(old, dict):
+            raise UserError(f"--out '{out}': its retrieve.json is unreadable or no manifest of retrieve.py; "
+                            "give a new or empty folder")
     mine = own_files(out, old)
     given = [p for p in [*args.pretrained, args.features, *args.compare] if p]
     for p in given:

@@ -55,16 +55,6 @@ def get_args(argv=None):
     return options.parse(p, argv)
 
 
-def parse_list(text, what, cast=float):
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0 < v < math.inf for v in values):
-        raise UserError(f"{what} must be a comma-separated list of positive numbers (got '{text}')")
-    return values
-
-
 def datasets(args):
     """(train, test, mean, std) with the test transform of the training script of that dataset."""
     tf = registry.eval_transform(args.dataset)
@@ -113,9 +103,9 @@ def summary(ap, t_test, single, folds):
 
 def run(args):
     check_args(args)
-    costs = parse_list(args.costs, "--costs") + (list(svm.SMALL_COSTS) if args.benchmark_costs else [])
+    costs = options.numbers("--costs", args.costs, positive=True) + (list(svm.SMALL_COSTS) if args.benchmark_costs else [])
     explicit_k = args.k_list is not None
-    ks = parse_list(args.k_list, "--k-list", int) if explicit_k else list(svm.K_VALUES)
+    ks = options.numbers("--k-list", args.k_list, int, positive=True) if explicit_k else list(svm.K_VALUES)
     if not args.raw_pixels and not args.pretrained:
         raise UserError("give --pretrained CKPT (or --raw-pixels)")
     if args.dataset == "voc07" and (args.train_subset or args.svm_train_subset or args.test_subset or args.knn_k):

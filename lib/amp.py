@@ -35,18 +35,13 @@ def warning(amp, device_type):
     return None
 
 
-def resolve_said(amp, device_type):
-    """resolve(), what it chose and any warning printed: the value a script records and runs with."""
+def setup(amp, device_type):
+    """Every script's --amp: (the value resolve() gives, the one a run records and runs with; its
+    autocast factory), with what auto chose and any warning printed."""
     value, note = resolve(amp, device_type)
     for line in (note, warning(value, device_type)):
         if line:
             print(line)
-    return value
-
-
-def setup(amp, device_type):
-    """(the value resolve_said() gives, its autocast factory): the evaluation scripts' --amp."""
-    value = resolve_said(amp, device_type)
     return value, autocast_for(value, device_type)
 
 

@@ -23,9 +23,7 @@ from . import runs
 from .data import SeededDataset, SeededSampler, make_loaders, sample_seed, window_epochs  # noqa: F401 (engine's names)
 from .errors import UserError, exit_on_error
 from .methods import METHODS, build_method
-from .runs import (bank_from_checkpoint,  # noqa: F401
-                   check_same_data, check_same_run, git_sha, load_method_head, load_model_weights, plain_args,
-                   resume, resume_path, rng_state, save)
+from .runs import git_sha, plain_args, resume, resume_path, rng_state, save
 
 
 @dataclass
@@ -82,10 +80,6 @@ def check_args(args, n_train, labelled=True):
 def knn_sigma(args):
     """The kNN's sigma: --knn-t, by default the training temperature (the authors' choice)."""
     return args.nce_t if args.knn_t is None else args.knn_t
-
-
-def amp_context(args, device):
-    return amp.autocast_for(args.amp, torch.device(device).type)
 
 
 # --- checkpoints --------------------------------------------------------------------------
@@ -268,7 +262,7 @@ def setup(args, make_task):
     du.init_distributed_mode(args)
     device = torch.device(args.device)
     print(f"git: {git_sha()}")
-    args.amp = amp.resolve_said(args.amp, device.type)  # --amp auto: what it chose is what is recorded
+    args.amp, autocast = amp.setup(args.amp, device.type)  # --amp auto: what it chose is what is recorded
     print("args: " + json.dumps(plain_args(args), sort_keys=True))
     task = make_task()
     n = len(task.train)
@@ -309,7 +303,7 @@ def setup(args, make_task):
     loaders = make_loaders(task, args)
     train_labels = torch.as_tensor(list(map(int, task.train_eval.targets)), device=device)
     return Setup(task, model, train_model, method, optimizer, scaler, loaders, train_labels, device,
-                 amp_context(args, device), start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled,
+                 autocast, start_epoch, float((ck or {}).get("best_knn", -1.0)), labelled,
                  None if ck is None else saved_baselines(ck, resume_path(args)[0]))
 
 

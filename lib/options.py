@@ -232,6 +232,18 @@ def add_extraction(g, batch_size):
                    help="autocast the feature extraction; auto: bf16 on a CPU with native bfloat16, else off")
 
 
+def numbers(flag, text, cast=float, positive=False):
+    """A flag's comma-separated numbers ('0.1,1,10'); one UserError line where it holds none or one
+    that is not a number, or (positive) one that is not > 0 and finite."""
+    try:
+        values = [cast(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or positive and any(not 0 < v < math.inf for v in values):
+        raise UserError(f"{flag} must be comma-separated{' positive' if positive else ''} numbers (got '{text}')")
+    return values
+
+
 def data_from_args(args):
     """args.dataset from add_data's flags: imagenet with DATA, else cifar10."""
     args.dataset = args.dataset or ("imagenet" if args.root or not args.data else "cifar10")

@@ -397,14 +397,14 @@ class Run:
         Called before anything is read or written."""
         path = self.config
         config = read_config(path)
-        other = config if config is None else config.get("script", "no script of this repo")
+        other = script_of(path)
         if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:
             other = "a trainer (its checkpoint.pth)"
         if other not in (None, self.script):
             raise UserError(f"'{self.dir}' is a run folder of {other}; give {self.script} another folder")
         if same_run and other is None and legacy and os.path.isfile(os.path.join(self.dir, legacy)):
             path = os.path.join(self.dir, legacy)
-            config = {"identity": _read_json(path)}
+            config = {"identity": read_json(path)}
         if same_run and config is not None and not self.args.no_auto_resume:
             if not isinstance(config.get("identity"), dict):
                 raise UserError(f"'{path}' holds no run identity; use another --checkpoint-dir, or --no-auto-resume "
@@ -455,11 +455,11 @@ def read_config(path):
     """A folder's config.json (None: no file); a file that is no config.json of this repo is {}."""
     if not os.path.isfile(path):
         return None
-    config = _read_json(path)
+    config = read_json(path)
     return config if isinstance(config, dict) and isinstance(config.get("script"), str) else {}
 
 
-def _read_json(path):
+def read_json(path):
     """A JSON file's value; None where it cannot be read or parsed."""
     try:
         with open(path, encoding="utf-8") as f:

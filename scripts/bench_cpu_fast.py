@@ -43,7 +43,7 @@ def step_time(recipe, setting, reps, warmup):
     """Median seconds of one training step (and the spread), in this process."""
     import torch
     import cifar
-    from lib import engine
+    from lib import amp
     from lib.gpu_aug import GPUAugment
     from lib.methods import build_method
     flags, n = RECIPES[recipe]
@@ -58,7 +58,7 @@ def step_time(recipe, setting, reps, warmup):
     method = build_method(args, n, model)
     opt = torch.optim.SGD(list(model.parameters()) + list(method.parameters()), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     train_model = torch.compile(model) if args.compile else model
-    autocast = engine.amp_context(args, "cpu")
+    autocast = amp.autocast_for(args.amp, "cpu")
     model.train()
     images = torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8)  # datasets/ give RGB
 

@@ -348,6 +348,12 @@ def test_forged_manifests_and_page_files_are_never_overwritten(cifar_dir, tiny_c
                      (forge / "thumbs" / "f.pt", "one of the page's own files")):
         one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", forge, "-j", "0",
                           "--save-features", bad), msg)
+    # a manifest that is unreadable or no manifest (valid JSON of another shape) is refused, files kept
+    for text in ("", "{not json", "null", "[]", '"files"'):
+        (forge / "retrieve.json").write_text(text)
+        one_line_error(*e("--data", cifar_dir, "--pretrained", tiny_ckpt, "--out", forge, "-j", "0"),
+                       "its retrieve.json is unreadable or no manifest of retrieve.py")
+        assert (forge / "retrieve.json").read_text() == text and victim.read_text() == "keep"
     # a rerun without --map removes the earlier page's map, and keeps --save-features files inside --out
     out = tmp_path / "p"
     assert page(capsys, cifar_dir, tiny_ckpt, out, "--map", "--map-points", "20", "--save-features", out / "f.pt")[0] == 0

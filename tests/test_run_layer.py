@@ -186,6 +186,22 @@ def test_one_vocabulary():
     assert linear.get_args(["--pretrained", "x"]).workers <= cores and main.get_args(["D"]).workers <= cores
 
 
+def test_one_parser_of_comma_separated_numbers():
+    """options.numbers: every script's number lists (svm --costs/--k-list, finetune --lr/--head-lr-mult/
+    --schedule, linear --schedule/--lr-grid), on hard inputs."""
+    from lib.errors import UserError
+    assert options.numbers("--lr", "0.1, 1,10,") == [0.1, 1.0, 10.0] and options.numbers("--s", "60,80", int) == [60, 80]
+    assert options.numbers("--lr", "1,1") == [1.0, 1.0]  # duplicates: the caller's rule (a grid refuses them)
+    assert options.numbers("--c", "-1") == [-1.0] and options.numbers("--c", "1e-3", positive=True) == [0.001]
+    for text, cast, positive in (("", float, False), (" , ", float, False), ("x", float, False), ("1,x", float, False),
+                                 ("1.5", int, False), ("0", float, True), ("-1", float, True), ("nan", float, True),
+                                 ("inf", float, True), ("1,inf", float, True)):
+        with pytest.raises(UserError, match="--f must be comma-separated" + (" positive" if positive else "")):
+            options.numbers("--f", text, cast, positive)
+    assert linear.check_args(linear.get_args(["D", "--pretrained", "x", "--schedule", ""])).milestones == []
+    assert finetune.check_args(finetune.get_args(["D", "--pretrained", "x", "--labels", "1%", "--schedule", ""])).milestones == []
+
+
 def mod_parser(mod):
     """The script's parser, caught as get_args builds it."""
     seen = []
@@ -223,7 +239,7 @@ def test_every_flag_has_help_and_the_examples_stay_intact(mod, capsys):
 
 
 def test_emulated_autocast_on_a_cpu_is_said(monkeypatch, capsys):
-    assert amp.resolve_said("fp16", "cpu") == "fp16"
+    assert amp.setup("fp16", "cpu")[0] == "fp16"
     assert capsys.readouterr().out.startswith("warning: --amp fp16 on a CPU is emulated")
     monkeypatch.setattr(amp, "cpu_bf16", lambda: None)
     assert amp.warning("bf16", "cpu").startswith("warning: --amp bf16 on this CPU (no native bfloat16)")
