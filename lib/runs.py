@@ -397,7 +397,7 @@ class Run:
         Called before anything is read or written."""
         path = self.config
         config = read_config(path)
-        other = script_of(path)
+        other = script_named(config)
         if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:
             other = "a trainer (its checkpoint.pth)"
         if other not in (None, self.script):
@@ -468,10 +468,14 @@ def read_json(path):
         return None
 
 
-def script_of(path):
-    """The script a config.json names (None: no file), "no script of this repo" for another file."""
-    config = read_config(path)
+def script_named(config):
+    """The script a config (read_config's value) names: None for no file, "no script of this repo" for another file."""
     return config if config is None else config.get("script", "no script of this repo")
+
+
+def script_of(path):
+    """The script the config.json at `path` names (script_named)."""
+    return script_named(read_config(path))
 
 
 def _keeps(keep, line):
