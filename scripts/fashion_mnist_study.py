@@ -87,6 +87,10 @@ J08 = POINTS["crop0.8+t0.2+e60+j0.8"]
 POINTS["crop0.8+pic+e60+j0.8"] = POINTS["crop0.8+pic+e60"] + ["--jitter", "0.8"]
 POINTS["crop0.8+t0.2+cld+e38+j0.8"] = POINTS["crop0.8+t0.2"] + CLD + ["--epochs", "38", "--jitter", "0.8"]
 POINTS["crop0.8+t0.2+e60+j0.8+fp32"] = J08 + ["--amp", "off"]
+# the network at the chosen point: twice the width (about 4x the multiply-adds) and twice the depth
+# (ResNet18: two blocks a stage), the same 60 epochs
+POINTS["crop0.8+t0.2+e60+j0.8+w32"] = J08 + ["--width", "32"]
+POINTS["crop0.8+t0.2+e60+j0.8+r18"] = J08 + ["--arch", "ResNet18"]
 
 # the point the quick start (scripts/quickstart.sh) trains (tests/test_fashion_recipe.py holds it to
 # it): NPID's best precision@20 and kNN on held-out images, both above raw pixels (PIC a little above)
