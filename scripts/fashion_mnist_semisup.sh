@@ -15,25 +15,28 @@
 #   bash scripts/fashion_mnist_semisup.sh
 #   TABLE_ONLY=1 bash scripts/fashion_mnist_semisup.sh            # the table again, from the run's files
 #   SEEDS=0 FRACTIONS=1 EP1=1 ALL=0 bash scripts/fashion_mnist_semisup.sh   # a smoke run
+#   INITS=npid_quickstart ALL=0 OUT=DIR bash scripts/fashion_mnist_semisup.sh  # some initial networks only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-./data}; OUT=${OUT:-checkpoints/fashion_mnist_semisup}
 BENCH=${BENCH:-checkpoints/fashion_mnist_benchmark/npid/checkpoint.pth}
 QUICK=${QUICK:-checkpoints/quickstart/checkpoint.pth}
-SEEDS=${SEEDS:-0 1 2}; FRACTIONS=${FRACTIONS:-1 10}; ALL=${ALL:-1}
+SEEDS=${SEEDS:-0 1 2}; FRACTIONS=${FRACTIONS:-1 10}; ALL=${ALL:-1}; INITS=${INITS:-npid_benchmark npid_quickstart scratch}
 LRS=${LRS:-0.1,0.01}; MULTS=${MULTS:-1,10}
 EP1=${EP1:-20}; SCHED1=${SCHED1:-12,16}; EP10=${EP10:-6}; SCHED10=${SCHED10:-4,5}; EPALL=${EPALL:-3}; SCHEDALL=${SCHEDALL:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 bash scripts/setup.sh
 . scripts/env.sh  # PY: the project's Python
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
-for f in "$BENCH" "$QUICK"; do
-  [ -f "$f" ] || { echo "error: '$f' is missing: run scripts/fashion_mnist_benchmark.sh and scripts/quickstart.sh first, or set BENCH= and QUICK=" >&2; exit 2; }
+declare -A INIT=([npid_benchmark]="$BENCH" [npid_quickstart]="$QUICK" [scratch]=none)
+for init in $INITS; do
+  f=${INIT[$init]:-}
+  [ -n "$f" ] || { echo "error: INITS: unknown '$init' (npid_benchmark, npid_quickstart, scratch)" >&2; exit 2; }
+  [ "$f" = none ] || [ -f "$f" ] || { echo "error: '$f' is missing: run scripts/fashion_mnist_benchmark.sh and scripts/quickstart.sh first, or set BENCH= and QUICK=" >&2; exit 2; }
 done
 npid_clear "$OUT" runs logs -- "$DATA" "$BENCH" "$QUICK"  # this script's own folders only
 mkdir -p "$OUT/runs" "$OUT/logs"
 COMMON=(--dataset fashion-mnist --data "$DATA" --recipe mmselfsup -j 1 -p 1000 --no-auto-resume)
-declare -A INIT=([npid_benchmark]="$BENCH" [npid_quickstart]="$QUICK" [scratch]=none)
 declare -A CHOSEN
 one() {  # name, then finetune.py's arguments: its log, its time, its final line
   local name=$1 start; shift
@@ -45,7 +48,7 @@ one() {  # name, then finetune.py's arguments: its log, its time, its final line
 }
 for frac in $FRACTIONS; do
   if [ "$frac" = 1 ]; then SCHED=(--epochs "$EP1" --schedule "$SCHED1"); else SCHED=(--epochs "$EP10" --schedule "$SCHED10"); fi
-  for init in npid_benchmark npid_quickstart scratch; do
+  for init in $INITS; do
     ARCH=(); [ "$init" = scratch ] && ARCH=(--arch ResNet10 --width 16)  # the pretrained models' network
     for seed in $SEEDS; do
       if [ -z "${CHOSEN[$init-$frac]:-}" ]; then  # the first seed: the grid, on its held-out labelled images
@@ -82,7 +85,7 @@ for log in sorted(glob.glob(os.path.join(out, "logs", "*.txt"))):
     epochs = re.search(r'"epochs": (\d+)', open(log).read()).group(1)
     rows.setdefault((init, int(frac)), []).append((float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), secs, epochs))
 names = {"npid_benchmark": "NPID, `fashion_mnist_benchmark.sh` (60k images, 9 ep)",
-         "npid_quickstart": "NPID, quick start (10k images, 40 ep)", "scratch": "scratch (random init)"}
+         "npid_quickstart": "NPID, quick start (10k images, 60 ep)", "scratch": "scratch (random init)"}
 def cell(rs):
     t1 = [r[0] for r in rs]
     sd = f" ± {statistics.stdev(t1):.2f}" if len(t1) > 1 else ""
