@@ -357,7 +357,7 @@ def _run(args):
                                                class_names=getattr(train, "classes", None))
     # the folder's run, and every checkpoint this command would continue, checked before anything is written
     run = runs.Run(args.checkpoint_dir, "finetune.py", args, beyond_flags(plan), du.is_main_process(),
-                   args.log_dir, LABELS)
+                   args.log_dir, LABELS, files=("finetune-*.pth",))
     check_folder(args, run)
     for lr, m in settings if grid else [settings[0]]:
         read_run(args, *run_file(args, plan, "grid-" + tag_of(lr, m) if grid else "train", (lr, m)))

@@ -366,7 +366,7 @@ def _run(args):
     print(f"=> {info['arch']} from '{args.pretrained}' ({info['source']}), head {args.head}: "
           + ", ".join(f"{n} {d}-d" for n, d in dims.items()))
     run = runs.Run(args.checkpoint_dir, "linear.py", args, {"sha256": plan.sha256}, du.is_main_process(),
-                   args.log_dir, LABELS).check_owner(same_run=True)
+                   args.log_dir, LABELS, files=("linear-*.pth",)).check_owner(same_run=True)
     for tag, g in [(grid_tag(g), g) for g in plan.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, plan, tag, g, C))
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go

@@ -55,7 +55,7 @@ def train(args):
     train_loader, _, val_loader = data.make_loaders(task, args)
     path = os.path.join(args.checkpoint_dir, "checkpoint.pth")
     run_id = runs.identity(args, supervised=True)
-    run = runs.Run(args.checkpoint_dir, "supervised.py", args).check_owner()
+    run = runs.Run(args.checkpoint_dir, "supervised.py", args, files=("checkpoint.pth",)).check_owner()
     # this repo's checkpoint layout, without a memory bank (features.load_backbone reads it), resumable
     ck = runs.read_continued(args, path, run_id, "supervised checkpoint", {"state_dict": dict, "head": dict,
                              "optimizer": dict, "rng": list, "epoch": int}, "supervised", "supervised.py")

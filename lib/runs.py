@@ -2,6 +2,7 @@
 run-identity check of every script (`check_same_run`: every setting counts unless listed as how the
 run is executed), saving and restoring a training run (model, bank, method head, optimizer, scaler,
 RNG states) bit-exactly."""
+import glob
 import json
 import os
 import subprocess
@@ -362,9 +363,11 @@ class Run:
     (the figures the script printed last). Every script that writes a folder writes it through
     this; only the main process writes (`main`)."""
 
-    def __init__(self, folder, script, args, extra=None, main=True, log_dir=None, labels=None):
-        """`extra`: the run's identity beyond its flags (lib/runs.identity); `labels` names those values."""
+    def __init__(self, folder, script, args, extra=None, main=True, log_dir=None, labels=None, files=()):
+        """`extra`: the run's identity beyond its flags (lib/runs.identity); `labels` names those values;
+        `files`: the names (globs) of the checkpoints the script writes in the folder."""
         self.dir, self.script, self.args, self.main, self.labels = folder, script, args, main, labels
+        self.files = files
         self.config = os.path.join(folder, "config.json")
         self.identity = identity(args, **(extra or {}))
         self.log_dir = log_dir or os.path.join(folder, "tb")
@@ -373,11 +376,19 @@ class Run:
     def start(self, device, resumed_epoch=None, purge_step=None, tensorboard=True):
         """Check the folder is writable, write config.json, keep log.txt's lines of the epochs before
         `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
-        and open TensorBoard, purging its scalars from `purge_step` on (the same reason)."""
+        and open TensorBoard, purging its scalars from `purge_step` on (the same reason). results.json
+        goes (this command writes its own when it ends), and at resumed_epoch 0 (a run started afresh)
+        so do the folder's earlier checkpoints (`files`): no file of another run stays beside config.json
+        (in a folder whose config.json is this script's: a file of unknown origin is never removed)."""
         if not self.main:
             return self
         self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
+        ours = script_named(read_config(self.config)) == self.script  # never a file this script did not make
+        self.clear(["results.json"] if ours else [])
+        gone = self.clear(self.files) if ours and resumed_epoch == 0 else []
+        if gone:
+            print(f"=> a new run in '{self.dir}': the earlier run's {', '.join(gone)} removed")
         path = self.config
         config = {"script": self.script, "identity": self.identity, "settings": plain_args(self.args),
                   "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
@@ -411,6 +422,17 @@ class Run:
                                 "to start afresh there")
             check_same_run(self.args, {"args": config["identity"]}, path, True, self.identity, self.labels)
         return self
+
+    def clear(self, names):
+        """Remove the folder's files of these names (globs), never a file the command was given; returns
+        the names removed."""
+        values = [x for v in vars(self.args).values() for x in (v if isinstance(v, (list, tuple)) else [v])]
+        given = {os.path.realpath(v) for v in values if isinstance(v, str) and os.path.isfile(v)}
+        gone = sorted(p for n in names for p in glob.glob(os.path.join(glob.escape(self.dir), n))
+                      if os.path.isfile(p) and os.path.realpath(p) not in given)
+        for p in gone:
+            os.remove(p)
+        return [os.path.basename(p) for p in gone]
 
     def keep_log(self, keep):
         """log.txt without the lines a resume logs again: those `keep(line as a dict)` rejects (and any

@@ -314,6 +314,38 @@ def test_interrupted_after_the_first_checkpoint_the_same_command_resumes_bit_exa
         strip = lambda p: [{k: v for k, v in json.loads(l).items() if "time" not in k and k != "seconds"}
                            for l in p.read_text().splitlines()]
         assert strip(logs[0]) == strip(logs[1])
+    # a new run in the finished folder (--no-auto-resume, another seed) cut before its first checkpoint: no
+    # checkpoint or results.json of the earlier run stays beside its config.json, and the same command
+    # without the flag then runs it (before, the earlier run's checkpoint was "another run" to it)
+    def cut_at_the_first(obj, path):
+        if os.path.basename(path).startswith(("checkpoint.pth", "linear-", "finetune-")):
+            raise KeyboardInterrupt
+        real(obj, path)
+    new = [*argv, "--checkpoint-dir", tmp_path / "straight", "--seed", "7"]
+    monkeypatch.setattr(checkpoint, "save_atomic", cut_at_the_first)
+    code, o, e = call(fn, capsys, *new, "--no-auto-resume")
+    assert code == 130 and "the earlier run's" in o, e
+    assert not [f for f in os.listdir(tmp_path / "straight") if f.endswith(".pth") or f == "results.json"]
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    code, o, e = call(fn, capsys, *new)
+    assert code in (0, None) and "resumed from" not in o, e
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["identity"]["seed"] == 7
+    assert (tmp_path / "straight" / "results.json").exists()
+
+
+def test_a_run_removes_only_files_its_script_made_and_never_one_given(tmp_path):
+    args = cifar.get_args(["--data", "x", "--resume", str(tmp_path / "mine" / "checkpoint.pth")])
+    names = ["checkpoint.pth", "model_best.pth", "results.json", "notes.txt"]
+    for d in ("mine", "unknown"):
+        (tmp_path / d).mkdir()
+        for f in names:
+            (tmp_path / d / f).write_text("x")
+    (tmp_path / "mine" / "config.json").write_text(json.dumps({"script": "cifar.py", "identity": {}}))
+    for d in ("mine", "unknown"):
+        runs.Run(str(tmp_path / d), "cifar.py", args, files=("checkpoint.pth", "model_best.pth")).start(
+            "cpu", resumed_epoch=0, tensorboard=False)
+    assert sorted(os.listdir(tmp_path / "mine")) == ["checkpoint.pth", "config.json", "notes.txt"]  # given: kept
+    assert sorted(os.listdir(tmp_path / "unknown")) == sorted(names + ["config.json"])  # no config.json of ours
 
 
 def test_the_folder_and_the_record_of_a_run_stay_its_own(trained, cifar_dir, tmp_path, capsys, monkeypatch):
