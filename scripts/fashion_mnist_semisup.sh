@@ -95,6 +95,8 @@ print("\n| initial network (ResNet10, width 16) | " + " | ".join(f"{f}% labels: 
       + " | chosen lr, head x | time |")
 print("|---|" + "---|" * len(fracs) + "---|---|")
 for init, name in names.items():
+    if not any(i == init for i, _ in rows):  # not run (INITS=)
+        continue
     cells = [cell(rows[(init, f)]) if (init, f) in rows else "-" for f in fracs]
     chosen = "; ".join(f"{f}%: {rows[(init, f)][0][2]}, x{rows[(init, f)][0][3]}" for f in fracs if (init, f) in rows)
     secs = sum(r[4] for f in fracs for r in rows.get((init, f), []))
