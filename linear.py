@@ -370,7 +370,7 @@ def _run(args):
     for tag, g in [(grid_tag(g), g) for g in plan.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, plan, tag, g, C))
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
+    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None, fresh=fresh)
     make = batch_sources(args, plan, backbone, train, train_eval, val, layers, pool, autocast)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr

@@ -60,7 +60,7 @@ def train(args):
     ck = runs.read_continued(args, path, run_id, "supervised checkpoint", {"state_dict": dict, "head": dict,
                              "optimizer": dict, "rng": list, "epoch": int}, "supervised", "supervised.py")
     fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run.start(device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None)
+    run.start(device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None, fresh=fresh)
 
     def epoch_fn(epoch):
         total, n = 0.0, 0

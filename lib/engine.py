@@ -215,7 +215,8 @@ def _run(args, make_task, script):
     run = runs.Run(args.checkpoint_dir, script, args, main=du.is_main_process(), log_dir=args.log_dir,
                    files=("checkpoint.pth", "model_best.pth"))
     # TensorBoard's step: images seen (whatever the batch); an interrupted epoch's points are purged
-    run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s))
+    run.start(s.device, resumed_epoch=s.start_epoch, purge_step=s.start_epoch * images_per_epoch(s),
+              fresh=s.baselines is None)  # None: no checkpoint continued
     if s.baselines is None:  # a fresh start: the same network before any step, and raw pixels
         s.baselines = {}
         if args.baselines:

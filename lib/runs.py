@@ -275,7 +275,7 @@ def resume_hint(args, epoch, path, saved, what="the run"):
     if not epoch and what != "the run":  # a training of several (a grid's): the finished ones are kept
         return (f"interrupted before the first epoch of {what} ended; the same command continues the trainings "
                 "it finished and starts this one again")
-    if not epoch:
+    if not epoch or path is None:  # None: no checkpoint continued (--start-epoch N of a new run), none saved
         return f"interrupted before the first epoch of {what} ended: nothing of it was saved"
     if not saved and resume:
         return f"interrupted: nothing saved since '{resume}' (epoch {epoch}); the same command starts from it again"
@@ -367,28 +367,29 @@ class Run:
         """`extra`: the run's identity beyond its flags (lib/runs.identity); `labels` names those values;
         `files`: the names (globs) of the checkpoints the script writes in the folder."""
         self.dir, self.script, self.args, self.main, self.labels = folder, script, args, main, labels
-        self.files = files
+        self.files, self.owner = files, None  # owner: the script the folder's config.json names
         self.config = os.path.join(folder, "config.json")
         self.identity = identity(args, **(extra or {}))
         self.log_dir = log_dir or os.path.join(folder, "tb")
         self.writer, self.t0 = None, time.time()
 
-    def start(self, device, resumed_epoch=None, purge_step=None, tensorboard=True):
+    def start(self, device, resumed_epoch=None, purge_step=None, tensorboard=True, fresh=False):
         """Check the folder is writable, write config.json, keep log.txt's lines of the epochs before
         `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
-        and open TensorBoard, purging its scalars from `purge_step` on (the same reason). results.json
-        goes (this command writes its own when it ends), and at resumed_epoch 0 (a run started afresh)
-        so do the folder's earlier checkpoints (`files`): no file of another run stays beside config.json
-        (in a folder whose config.json is this script's: a file of unknown origin is never removed)."""
+        and open TensorBoard, purging its scalars from `purge_step` on (the same reason). In a folder
+        whose config.json is this script's, results.json goes (this command writes its own when it
+        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`): no
+        file of another run stays beside config.json. A folder without one keeps its files at this start
+        (a run's own saves replace them, as before config.json)."""
         if not self.main:
             return self
         self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
-        ours = script_named(read_config(self.config)) == self.script  # never a file this script did not make
-        self.clear(["results.json"] if ours else [])
-        gone = self.clear(self.files) if ours and resumed_epoch == 0 else []
-        if gone:
-            print(f"=> a new run in '{self.dir}': the earlier run's {', '.join(gone)} removed")
+        if self.owner == self.script:  # never a file this script did not make
+            gone = self.clear(["results.json", *(self.files if fresh else ())])
+            gone = [f for f in gone if f != "results.json"]
+            if gone:
+                print(f"=> a new run in '{self.dir}': the earlier run's {', '.join(gone)} removed")
         path = self.config
         config = {"script": self.script, "identity": self.identity, "settings": plain_args(self.args),
                   "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]], "git": git_sha(), "versions": versions(),
@@ -408,7 +409,7 @@ class Run:
         Called before anything is read or written."""
         path = self.config
         config = read_config(path)
-        other = script_named(config)
+        other = self.owner = script_named(config)
         if other is None and os.path.isfile(os.path.join(self.dir, "checkpoint.pth")) and self.script not in TRAINERS:
             other = "a trainer (its checkpoint.pth)"
         if other not in (None, self.script):

@@ -341,11 +341,32 @@ def test_a_run_removes_only_files_its_script_made_and_never_one_given(tmp_path):
         for f in names:
             (tmp_path / d / f).write_text("x")
     (tmp_path / "mine" / "config.json").write_text(json.dumps({"script": "cifar.py", "identity": {}}))
+    start = lambda d, fresh: runs.Run(str(tmp_path / d), "cifar.py", args, files=("checkpoint.pth", "model_best.pth")
+                                      ).start("cpu", resumed_epoch=0, tensorboard=False, fresh=fresh)
+    start("mine", False)  # a run that continues a checkpoint (even at epoch 0): only results.json goes
+    assert sorted(os.listdir(tmp_path / "mine")) == ["checkpoint.pth", "config.json", "model_best.pth", "notes.txt"]
     for d in ("mine", "unknown"):
-        runs.Run(str(tmp_path / d), "cifar.py", args, files=("checkpoint.pth", "model_best.pth")).start(
-            "cpu", resumed_epoch=0, tensorboard=False)
+        start(d, True)
     assert sorted(os.listdir(tmp_path / "mine")) == ["checkpoint.pth", "config.json", "notes.txt"]  # given: kept
     assert sorted(os.listdir(tmp_path / "unknown")) == sorted(names + ["config.json"])  # no config.json of ours
+
+
+def test_the_epoch_a_trainer_starts_at_is_not_what_makes_it_a_new_run(trained, cifar_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+    from lib import checkpoint
+    real = checkpoint.save_atomic
+
+    def cut(obj, path):
+        raise KeyboardInterrupt
+    for d, extra, kept in (("resumed", ["--start-epoch", "0"], True),  # resumed, then counted from epoch 0
+                           ("new", ["--no-auto-resume", "--seed", "7", "--epochs", "3", "--start-epoch", "1"], False)):
+        shutil.copytree(trained[0], tmp_path / d)
+        monkeypatch.setattr(checkpoint, "save_atomic", cut)
+        code, o, e = call(cifar.main, capsys, "--data", cifar_dir, *TRAIN, "--checkpoint-dir", tmp_path / d, *extra)
+        monkeypatch.setattr(checkpoint, "save_atomic", real)
+        assert code == 130 and "'None'" not in e, e
+        left = {f for f in os.listdir(tmp_path / d) if f.endswith(".pth") or f == "results.json"}
+        assert left == ({"checkpoint.pth", "model_best.pth"} if kept else set()), (d, left)
 
 
 def test_the_folder_and_the_record_of_a_run_stay_its_own(trained, cifar_dir, tmp_path, capsys, monkeypatch):
