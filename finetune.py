@@ -361,8 +361,7 @@ def _run(args):
     check_folder(args, run)
     for lr, m in settings if grid else [settings[0]]:
         read_run(args, *run_file(args, plan, "grid-" + tag_of(lr, m) if grid else "train", (lr, m)))
-    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None, fresh=fresh)
+    run.start(args.device, fresh=args.no_auto_resume)  # a new run in the folder: the old run's files, log and scalars go
     if du.is_main_process():
         subset_path = os.path.join(args.checkpoint_dir, "subset.txt")
         if not (args.subset_file and os.path.realpath(args.subset_file) == os.path.realpath(subset_path)):

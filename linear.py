@@ -369,8 +369,7 @@ def _run(args):
                    args.log_dir, LABELS, files=("linear-*.pth",)).check_owner(same_run=True)
     for tag, g in [(grid_tag(g), g) for g in plan.grid] or [("train", args.lr)]:  # before any extraction
         read_head(args, *head_file(args, plan, tag, g, C))
-    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run.start(args.device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None, fresh=fresh)
+    run.start(args.device, fresh=args.no_auto_resume)  # a new run in the folder: the old run's files, log and scalars go
     make = batch_sources(args, plan, backbone, train, train_eval, val, layers, pool, autocast)
     sharded = not args.cached  # end to end, each rank scores its shard of val
     lr = args.lr

@@ -59,8 +59,7 @@ def train(args):
     # this repo's checkpoint layout, without a memory bank (features.load_backbone reads it), resumable
     ck = runs.read_continued(args, path, run_id, "supervised checkpoint", {"state_dict": dict, "head": dict,
                              "optimizer": dict, "rng": list, "epoch": int}, "supervised", "supervised.py")
-    fresh = args.no_auto_resume  # a new run in the folder: the old run's log and scalars go
-    run.start(device, resumed_epoch=0 if fresh else None, purge_step=0 if fresh else None, fresh=fresh)
+    run.start(device, fresh=args.no_auto_resume)  # a new run in the folder: the old run's files, log and scalars go
 
     def epoch_fn(epoch):
         total, n = 0.0, 0

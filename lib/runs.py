@@ -378,11 +378,13 @@ class Run:
         `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
         and open TensorBoard, purging its scalars from `purge_step` on (the same reason). In a folder
         whose config.json is this script's, results.json goes (this command writes its own when it
-        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`): no
-        file of another run stays beside config.json. A folder without one keeps its files at this start
-        (a run's own saves replace them, as before config.json)."""
+        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`: its log
+        and scalars start at epoch 0 unless said): no file of another run stays beside config.json. A
+        folder without one keeps its files at this start (a run's own saves replace them, as before)."""
         if not self.main:
             return self
+        if fresh:
+            resumed_epoch, purge_step = (0 if v is None else v for v in (resumed_epoch, purge_step))
         self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
         if self.owner == self.script:  # never a file this script did not make
