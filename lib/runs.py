@@ -273,8 +273,9 @@ def resume_hint(args, epoch, path, saved, what="the run"):
     `saved`: this process saved it, at `path`, else it is the checkpoint the run started from."""
     resume = getattr(args, "resume", "")  # the evaluation scripts have no --resume
     if not epoch and what != "the run":  # a training of several (a grid's): the finished ones are kept
-        return (f"interrupted before the first epoch of {what} ended; the same command continues the trainings "
-                "it finished and starts this one again")
+        return (f"interrupted before the first epoch of {what} ended; the same command"
+                + (" without --no-auto-resume" if args.no_auto_resume else "")
+                + " continues the trainings it finished and starts this one again")
     if not epoch or path is None:  # None: no checkpoint continued (--start-epoch N of a new run), none saved
         return f"interrupted before the first epoch of {what} ended: nothing of it was saved"
     if not saved and resume:
@@ -378,13 +379,14 @@ class Run:
         `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
         and open TensorBoard, purging its scalars from `purge_step` on (the same reason). In a folder
         whose config.json is this script's, results.json goes (this command writes its own when it
-        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`: its log
-        and scalars start at epoch 0 unless said): no file of another run stays beside config.json. A
-        folder without one keeps its files at this start (a run's own saves replace them, as before)."""
+        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`: then no
+        line or scalar of the folder is its, whatever epoch it starts at): no file of another run stays
+        beside config.json. A folder without one keeps its files at this start (a run's own saves
+        replace them, as before)."""
         if not self.main:
             return self
         if fresh:
-            resumed_epoch, purge_step = (0 if v is None else v for v in (resumed_epoch, purge_step))
+            resumed_epoch = purge_step = 0
         self.check_owner()
         checkpoint.check_writable_dir(self.dir, "--checkpoint-dir")
         if self.owner == self.script:  # never a file this script did not make

@@ -367,6 +367,8 @@ def test_the_epoch_a_trainer_starts_at_is_not_what_makes_it_a_new_run(trained, c
         assert code == 130 and "'None'" not in e, e
         left = {f for f in os.listdir(tmp_path / d) if f.endswith(".pth") or f == "results.json"}
         assert left == ({"checkpoint.pth", "model_best.pth"} if kept else set()), (d, left)
+        epochs = [json.loads(l)["epoch"] for l in (tmp_path / d / "log.txt").read_text().splitlines()]
+        assert epochs == ([0] if kept else [1]), (d, epochs)  # the cut epoch's line only: no line of the earlier run
 
 
 def test_the_folder_and_the_record_of_a_run_stay_its_own(trained, cifar_dir, tmp_path, capsys, monkeypatch):
