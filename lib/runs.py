@@ -379,9 +379,9 @@ class Run:
         `resumed_epoch` (an interrupted epoch's and a finished run's final line are written again),
         and open TensorBoard, purging its scalars from `purge_step` on (the same reason). In a folder
         whose config.json is this script's, results.json goes (this command writes its own when it
-        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`: then no
-        line or scalar of the folder is its, whatever epoch it starts at): no file of another run stays
-        beside config.json. A folder without one keeps its files at this start (a run's own saves
+        ends), and so do the earlier checkpoints (`files`) when the run continues none (`fresh`: every log
+        line and scalar goes too, whatever epoch it starts at): no file of another run stays beside
+        config.json. A folder without one keeps its files at this start (a run's own saves
         replace them, as before)."""
         if not self.main:
             return self
