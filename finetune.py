@@ -9,6 +9,7 @@ python finetune.py --dataset cifar10 --data DIR --pretrained none --arch ResNet1
 multiplier chosen on a held-out part of the labelled subset, then trained on all of it and evaluated
 once. --recipe paper: 70 epochs, lr 0.01, x0.1 every 30 epochs. docs/evaluation.md has the details."""
 import copy
+import fnmatch
 import hashlib
 import json
 import math
@@ -249,7 +250,7 @@ def check_folder(args, run):
     files of no run of this script are refused too."""
     run.check_owner(same_run=True, legacy="run.json")  # run.json: the record of a folder before config.json
     here = os.listdir(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else []
-    mine = any(f == "config.json" or f == "run.json" or f.startswith("finetune-") and f.endswith(".pth") for f in here)
+    mine = any(f in ("config.json", "run.json") or any(fnmatch.fnmatch(f, g) for g in run.files) for f in here)
     if not mine and any(not f.startswith(".tmp-") for f in here):  # .tmp-: a cut write; run.json: a run before config.json
         raise UserError(f"--checkpoint-dir '{args.checkpoint_dir}' holds files that finetune.py did not write (no "
                         "config.json); give a new or empty folder")
