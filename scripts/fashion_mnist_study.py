@@ -91,6 +91,12 @@ POINTS["crop0.8+t0.2+e60+j0.8+fp32"] = J08 + ["--amp", "off"]
 # (ResNet18: two blocks a stage), the same 60 epochs
 POINTS["crop0.8+t0.2+e60+j0.8+w32"] = J08 + ["--width", "32"]
 POINTS["crop0.8+t0.2+e60+j0.8+r18"] = J08 + ["--arch", "ResNet18"]
+# the leads left at the chosen point: batch 64 (above batch 128 on both seeds at 40 epochs), the MLP head,
+# a still stronger jitter (1.0: brightness and contrast factors in [0, 2]) and 80 epochs (past the budget)
+POINTS["crop0.8+t0.2+e60+j0.8+b64"] = J08 + ["-b", "64"]
+POINTS["crop0.8+t0.2+e60+j0.8+mlp"] = J08 + ["--head", "mlp"]
+POINTS["crop0.8+t0.2+e60+j1.0"] = E60 + ["--jitter", "1.0"]
+POINTS["crop0.8+t0.2+e80+j0.8"] = J08 + ["--epochs", "80"]
 
 # the point the quick start (scripts/quickstart.sh) trains (tests/test_fashion_recipe.py holds it to
 # it): NPID's best precision@20 and kNN on held-out images, both above raw pixels (PIC a little above)
