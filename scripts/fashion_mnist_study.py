@@ -99,6 +99,7 @@ POINTS["crop0.8+t0.2+e60+j1.0"] = E60 + ["--jitter", "1.0"]
 POINTS["crop0.8+t0.2+e80+j0.8"] = J08 + ["--epochs", "80"]
 # batch 64 at the chosen point's cost: its epochs took about 1.2x batch 128's (AVX-512, bf16), so 50 of them
 POINTS["crop0.8+t0.2+e50+j0.8+b64"] = J08 + ["--epochs", "50", "-b", "64"]
+POINTS["crop0.8+t0.2+e50+j1.0+b64"] = POINTS["crop0.8+t0.2+e60+j1.0"] + ["--epochs", "50", "-b", "64"]
 
 # the point the quick start (scripts/quickstart.sh) trains (tests/test_fashion_recipe.py holds it to
 # it): NPID's best precision@20 and kNN on held-out images, both above raw pixels (PIC a little above)
